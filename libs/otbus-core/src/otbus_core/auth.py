@@ -1,0 +1,52 @@
+"""API tokens: each token belongs to exactly one tenant."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+
+from otbus_core.exceptions import ConfigError, InvalidTenant
+from otbus_core.topics import validate_tenant
+
+__all__ = ["TokenMap"]
+
+
+class TokenMap:
+    """Maps tokens to tenants. A configured token may be given in clear or as
+    `sha256:<hex>` so that config files need not hold the secret itself."""
+
+    def __init__(self, tokens: Mapping[str, str], *, key_name: str = "OTBUS_API_KEYS") -> None:
+        self._by_digest: dict[bytes, str] = {}
+        for token, tenant in tokens.items():
+            try:
+                validate_tenant(tenant)
+            except InvalidTenant as e:
+                raise ConfigError(f"{key_name}: {e}") from None
+            if token.startswith("sha256:"):
+                digest = bytes.fromhex(token.removeprefix("sha256:"))
+            else:
+                if len(token) < 16:
+                    raise ConfigError(
+                        f"{key_name}: a token of tenant {tenant!r} is shorter than 16 characters"
+                    )
+                digest = hashlib.sha256(token.encode()).digest()
+            self._by_digest[digest] = tenant
+
+    @property
+    def tenants(self) -> set[str]:
+        return set(self._by_digest.values())
+
+    def tenant_for(self, token: str | None) -> str | None:
+        if not token:
+            return None
+        # Looking up a SHA-256 digest leaks nothing useful about the token through timing.
+        return self._by_digest.get(hashlib.sha256(token.encode()).digest())
+
+    @staticmethod
+    def from_request_parts(
+        authorization: str | None, api_key: str | None, query_key: str | None
+    ) -> str | None:
+        """The token from `Authorization: Bearer`, `X-API-Key` or `?api_key=`, in that order."""
+        if authorization and authorization[:7].lower() == "bearer ":
+            return authorization[7:].strip()
+        return api_key or query_key

@@ -1,0 +1,132 @@
+"""CloudEvents 1.0, Kafka protocol binding, binary content mode.
+
+Attributes travel as `ce_*` headers, the data as the Kafka value (Avro). Extensions:
+`ce_tenant`, `ce_correlationid`, `ce_causationid`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+
+from otbus_core.codec import AVRO_CONTENT_TYPE
+from otbus_core.exceptions import DecodeError
+from otbus_core.ids import uuid7
+
+__all__ = [
+    "TYPE_DEAD_LETTER",
+    "TYPE_RAW_READINGS",
+    "TYPE_TAG",
+    "Envelope",
+    "micros_to_rfc3339",
+    "now_micros",
+    "rfc3339_to_micros",
+]
+
+TYPE_RAW_READINGS = "otbus.ot.raw.readings.v1"
+TYPE_TAG = "otbus.ot.tag.v1"
+TYPE_DEAD_LETTER = "otbus.ot.deadletter.v1"
+SPECVERSION = "1.0"
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICRO = timedelta(microseconds=1)
+_REQUIRED = ("ce_specversion", "ce_id", "ce_source", "ce_type", "ce_tenant")
+
+
+def now_micros() -> int:
+    return time.time_ns() // 1000
+
+
+def micros_to_rfc3339(us: int) -> str:
+    sec, frac = divmod(us, 1_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)) + f".{frac:06d}Z"
+
+
+def rfc3339_to_micros(s: str) -> int:
+    dt = datetime.fromisoformat(s)
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return (dt - _EPOCH) // _MICRO
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    id: str
+    source: str
+    type: str
+    tenant: str
+    time: str
+    subject: str | None = None
+    dataschema: str | None = None
+    content_type: str = AVRO_CONTENT_TYPE
+    correlationid: str | None = None
+    causationid: str | None = None
+
+    @classmethod
+    def new(
+        cls,
+        *,
+        source: str,
+        type: str,
+        tenant: str,
+        time_us: int | None = None,
+        id: str | None = None,
+        **kw: str | None,
+    ) -> Envelope:
+        return cls(
+            id=id or uuid7(),
+            source=source,
+            type=type,
+            tenant=tenant,
+            time=micros_to_rfc3339(time_us if time_us is not None else now_micros()),
+            **kw,  # type: ignore[arg-type]
+        )
+
+    def with_(self, **kw: str | None) -> Envelope:
+        return replace(self, **kw)  # type: ignore[arg-type]
+
+    def headers(self) -> list[tuple[str, str]]:
+        h = [
+            ("ce_specversion", SPECVERSION),
+            ("ce_id", self.id),
+            ("ce_source", self.source),
+            ("ce_type", self.type),
+            ("ce_time", self.time),
+            ("ce_tenant", self.tenant),
+            ("content-type", self.content_type),
+        ]
+        if self.subject is not None:
+            h.append(("ce_subject", self.subject))
+        if self.dataschema is not None:
+            h.append(("ce_dataschema", self.dataschema))
+        if self.correlationid is not None:
+            h.append(("ce_correlationid", self.correlationid))
+        if self.causationid is not None:
+            h.append(("ce_causationid", self.causationid))
+        return h
+
+    @classmethod
+    def from_headers(cls, headers: Iterable[tuple[str, bytes | str | None]] | None) -> Envelope:
+        h: dict[str, str] = {}
+        for k, v in headers or ():
+            if v is not None:
+                h[k] = v.decode() if isinstance(v, bytes) else v
+        missing = [k for k in _REQUIRED if k not in h]
+        if missing:
+            raise DecodeError(f"CloudEvents header(s) missing: {', '.join(missing)}")
+        if h["ce_specversion"] != SPECVERSION:
+            raise DecodeError(f"ce_specversion {h['ce_specversion']!r} is not {SPECVERSION}")
+        return cls(
+            id=h["ce_id"],
+            source=h["ce_source"],
+            type=h["ce_type"],
+            tenant=h["ce_tenant"],
+            time=h.get("ce_time", ""),
+            subject=h.get("ce_subject"),
+            dataschema=h.get("ce_dataschema"),
+            content_type=h.get("content-type", AVRO_CONTENT_TYPE),
+            correlationid=h.get("ce_correlationid"),
+            causationid=h.get("ce_causationid"),
+        )

@@ -1,0 +1,97 @@
+"""The Avro schemas in `schemas/avro/<name>/v<N>.avsc`, loaded at run time (never copied into code)."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from fastavro import parse_schema
+from fastavro.schema import fingerprint, to_parsing_canonical_form
+
+from otbus_core.exceptions import ConfigError
+
+__all__ = ["AvroSchema", "SchemaCatalog", "catalog", "schemas_root"]
+
+RAW_READING_BATCH = "raw_reading_batch"
+TAG_RECORD = "tag_record"
+DEAD_LETTER = "dead_letter"
+
+
+def schemas_root() -> Path:
+    """`OTBUS_SCHEMAS_DIR`, else the nearest `schemas/` above this package (the repo checkout)."""
+    env = os.environ.get("OTBUS_SCHEMAS_DIR")
+    if env:
+        root = Path(env)
+        if not (root / "avro").is_dir():
+            raise ConfigError(f"OTBUS_SCHEMAS_DIR={env!r} has no avro/ directory")
+        return root
+    for parent in Path(__file__).resolve().parents:
+        if (parent / "schemas" / "avro").is_dir():
+            return parent / "schemas"
+    raise ConfigError("schemas/avro not found; set OTBUS_SCHEMAS_DIR to the schemas directory")
+
+
+@dataclass(frozen=True, slots=True)
+class AvroSchema:
+    key: str  # directory name, e.g. "tag_record"
+    version: int
+    full_name: str  # e.g. "otbus.ot.tags.TagRecord"
+    source: str  # the .avsc text as written
+    parsed: Any  # fastavro parsed schema
+    fingerprint: bytes  # CRC-64-AVRO of the parsing canonical form, little-endian
+
+    @property
+    def uri(self) -> str:
+        return f"urn:otbus:avro:{self.full_name}:v{self.version}"
+
+
+class SchemaCatalog:
+    """Every version of every schema, by key and by fingerprint."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._by_key: dict[str, list[AvroSchema]] = {}
+        self._by_fp: dict[bytes, AvroSchema] = {}
+        for path in sorted((root / "avro").glob("*/v*.avsc")):
+            s = self._load(path)
+            self._by_key.setdefault(s.key, []).append(s)
+            self._by_fp[s.fingerprint] = s
+        for versions in self._by_key.values():
+            versions.sort(key=lambda s: s.version)
+        if not self._by_key:
+            raise ConfigError(f"no schemas under {root / 'avro'}")
+
+    @staticmethod
+    def _load(path: Path) -> AvroSchema:
+        text = path.read_text()
+        doc = json.loads(text)
+        parsed = parse_schema(doc, _write_hint=False)
+        canonical = to_parsing_canonical_form(doc)
+        fp = bytes.fromhex(fingerprint(canonical, "CRC-64-AVRO"))
+        version = int(path.stem.removeprefix("v"))
+        full_name = f"{doc['namespace']}.{doc['name']}"
+        return AvroSchema(path.parent.name, version, full_name, text, parsed, fp)
+
+    def latest(self, key: str) -> AvroSchema:
+        try:
+            return self._by_key[key][-1]
+        except KeyError:
+            raise ConfigError(f"no schema {key!r} under {self.root / 'avro'}") from None
+
+    def versions(self, key: str) -> list[AvroSchema]:
+        return list(self._by_key.get(key, []))
+
+    def by_fingerprint(self, fp: bytes) -> AvroSchema | None:
+        return self._by_fp.get(fp)
+
+    def keys(self) -> list[str]:
+        return sorted(self._by_key)
+
+
+@cache
+def catalog() -> SchemaCatalog:
+    return SchemaCatalog(schemas_root())

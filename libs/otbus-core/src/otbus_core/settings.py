@@ -1,0 +1,58 @@
+"""Settings base: pydantic-settings, env prefix `OTBUS_`, errors that name the key."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+from pydantic import ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from otbus_core.exceptions import ConfigError
+
+__all__ = ["DatabaseSettings", "OtbusSettings", "load_settings"]
+
+ENV_PREFIX = "OTBUS_"
+
+
+class OtbusSettings(BaseSettings):
+    """What every service shares. Services subclass it with their own fields."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="ignore")
+
+    service_name: str = "otbus"
+    host: str = "127.0.0.1"
+    port: int = 8080
+    log_level: str = "INFO"
+    log_json: bool = True
+
+    kafka_bootstrap: str = "127.0.0.1:19092"
+    kafka_config: dict[str, str] = {}
+    """Extra librdkafka settings (JSON), e.g. security.protocol and SASL; secrets are never logged."""
+    schema_registry_url: str | None = None
+    topic_partitions: int = 3
+    topic_replication_factor: int = 1
+    topic_retention_ms: int | None = None
+    metadata_refresh_ms: int = 5000
+    """How often pattern subscriptions look for new tenant topics."""
+
+
+class DatabaseSettings(OtbusSettings):
+    database_url: str = "postgresql://otbus:otbus@127.0.0.1:15432/otbus"
+    database_pool_size: int = 10
+
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+def load_settings(cls: type[S], **overrides: Any) -> S:
+    """Build settings; on invalid config raise ConfigError naming each `OTBUS_*` key at fault."""
+    try:
+        return cls(**overrides)
+    except ValidationError as e:
+        prefix = cls.model_config.get("env_prefix", "") or ""
+        lines = []
+        for err in e.errors():
+            field = ".".join(str(p) for p in err["loc"])
+            key = f"{prefix}{field}".upper() if err["loc"] else prefix.rstrip("_")
+            lines.append(f"{key}: {err['msg']}")
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None

@@ -1,0 +1,62 @@
+"""The event store's one settings class."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+from pydantic import Field, field_validator
+from pydantic_settings import SettingsConfigDict
+
+from otbus_core.auth import TokenMap
+from otbus_core.exceptions import ConfigError
+from otbus_core.settings import DatabaseSettings
+
+__all__ = ["EventStoreSettings"]
+
+_RAW_OR_DLQ = re.compile(r"\.ot\.(raw\.|dlq\.)")
+
+
+class EventStoreSettings(DatabaseSettings):
+    model_config = SettingsConfigDict(env_prefix="OTBUS_", frozen=True, extra="ignore")
+
+    service_name: str = "event-store"
+    port: int = 8081
+    consume: bool = True
+    """Run the Kafka consumer in this process (turn off to scale the query API alone)."""
+    group_id: str = "otbus-event-store"
+    instance_id: str | None = None
+    extra_topics: list[str] = []
+    """Further event topics or '^regex' patterns to store besides every tenant's tags topic."""
+    batch_size: int = Field(5000, ge=1, le=100_000)
+    batch_timeout_ms: int = Field(50, ge=1)
+    retention_days: int = Field(30, ge=1)
+    partitions_ahead_days: int = Field(2, ge=1, le=60)
+    api_tokens: dict[str, str] = {}
+    """Bearer token -> tenant (JSON); tokens may be given as `sha256:<hex>`."""
+    api_tokens_file: Path | None = None
+    max_page_size: int = Field(1000, ge=1, le=10_000)
+    max_statistics_range_hours: int = Field(24 * 7, ge=1)
+
+    @field_validator("extra_topics")
+    @classmethod
+    def _no_raw_or_dlq(cls, topics: list[str]) -> list[str]:
+        for t in topics:
+            if _RAW_OR_DLQ.search(t):
+                raise ValueError(f"{t!r}: raw and DLQ topics are not stored (they are not events of record)")
+        return topics
+
+    def token_map(self) -> TokenMap:
+        tokens = dict(self.api_tokens)
+        if self.api_tokens_file is not None:
+            try:
+                doc = yaml.safe_load(self.api_tokens_file.read_text()) or {}
+            except (OSError, yaml.YAMLError) as e:
+                raise ConfigError(f"OTBUS_API_TOKENS_FILE: cannot read {self.api_tokens_file}: {e}") from None
+            if not isinstance(doc, dict):
+                raise ConfigError("OTBUS_API_TOKENS_FILE: must map tokens to tenants")
+            tokens.update({str(k): str(v) for k, v in doc.items()})
+        if not tokens:
+            raise ConfigError("OTBUS_API_TOKENS: no token configured; nobody could query")
+        return TokenMap(tokens, key_name="OTBUS_API_TOKENS")

@@ -1,0 +1,98 @@
+"""The event store's batch handler: messages -> stored events -> one durable write."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import datetime
+from typing import Any
+
+import msgspec
+from confluent_kafka import Message
+
+from otbus_core.codec import AvroCodec
+from otbus_core.dlq import dead_letter_from_message
+from otbus_core.envelope import Envelope
+from otbus_core.exceptions import DecodeError, InvalidTenant
+from otbus_core.kafka import headers_of, position
+from otbus_core.records import Outcome
+from otbus_core.topics import tenant_of_topic
+from otbus_event_store.writer import EventWriter, StoredEvent
+
+__all__ = ["STAGE", "StoreHandler", "to_stored_event"]
+
+STAGE = "event-store"
+_json = msgspec.json.Encoder()
+
+
+def _payload(env: Envelope, value: bytes | None, codec: AvroCodec) -> str:
+    ct = env.content_type or ""
+    if "json" in ct:
+        try:
+            return json.dumps(json.loads(value or b"null"))
+        except ValueError as e:
+            raise DecodeError(f"content-type {ct} but the value is not JSON: {e}") from e
+    record: Any = codec.decode_any(value)
+    return _json.encode(record).decode()
+
+
+def to_stored_event(msg: Message, codec: AvroCodec) -> StoredEvent:
+    topic, partition, offset = position(msg)
+    tenant = tenant_of_topic(topic)
+    env = Envelope.from_headers(headers_of(msg))
+    if env.tenant != tenant:
+        raise DecodeError(f"ce_tenant {env.tenant!r} does not match the topic's tenant {tenant!r}")
+    try:
+        event_id = str(uuid.UUID(env.id))
+    except ValueError:
+        raise DecodeError(f"ce_id {env.id!r} is not a UUID") from None
+    try:
+        time = datetime.fromisoformat(env.time)
+    except ValueError:
+        raise DecodeError(f"ce_time {env.time!r} is not an RFC 3339 timestamp") from None
+    if time.tzinfo is None:
+        raise DecodeError(f"ce_time {env.time!r} has no time zone")
+    return StoredEvent(
+        event_id=event_id,
+        time=time,
+        tenant=tenant,
+        type=env.type,
+        source=env.source,
+        subject=env.subject,
+        correlation_id=env.correlationid,
+        causation_id=env.causationid,
+        dataschema=env.dataschema,
+        content_type=env.content_type,
+        payload=_payload(env, msg.value(), codec),
+        topic=topic,
+        partition=partition,
+        offset=offset,
+    )
+
+
+class StoreHandler:
+    def __init__(self, codec: AvroCodec, writer: EventWriter) -> None:
+        self.codec = codec
+        self.writer = writer
+
+    def handle(self, messages: list[Message]) -> Outcome:
+        out = Outcome()
+        events: list[StoredEvent] = []
+        origin: dict[int, Message] = {}
+        for msg in messages:
+            try:
+                ev = to_stored_event(msg, self.codec)
+            except (DecodeError, InvalidTenant) as e:
+                out.dead.append(
+                    dead_letter_from_message(msg, stage=STAGE, reason=str(e), error_type=type(e).__name__)
+                )
+                continue
+            origin[id(ev)] = msg
+            events.append(ev)
+        for ev, reason in self.writer.write(events):
+            out.dead.append(
+                dead_letter_from_message(
+                    origin[id(ev)], stage=STAGE, reason=reason, error_type="DatabaseRefused"
+                )
+            )
+        return out

@@ -1,0 +1,1 @@
+"""otbus HTTP ingest (Ignition Event Streams compatible)."""

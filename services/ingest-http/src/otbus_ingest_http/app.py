@@ -1,0 +1,266 @@
+"""ingest-http: the FastAPI app."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+import msgspec
+from fastapi import Depends, FastAPI, Header, Query, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import Counter
+
+from otbus_core.auth import TokenMap
+from otbus_core.codec import AvroCodec
+from otbus_core.envelope import micros_to_rfc3339, now_micros
+from otbus_core.exceptions import TransientError
+from otbus_core.ids import uuid7
+from otbus_core.kafka import admin_client, kafka_reachable
+from otbus_core.metrics import PrometheusSensor
+from otbus_core.ops import ops_router
+from otbus_core.producer import Producer
+from otbus_core.records import OutRecord
+from otbus_core.topics import ensure_topics, tenant_topics
+from otbus_ingest_http.config import IngestHttpSettings
+from otbus_ingest_http.publish import STAGE, RawPublisher
+from otbus_ingest_http.validation import EventValidator, ItemError
+
+__all__ = ["create_app"]
+
+log = logging.getLogger(__name__)
+
+_EVENTS = Counter("otbus_http_events", "Tag events by outcome", ["outcome"])
+_ACCEPTED = _EVENTS.labels("accepted")
+_DROPPED = _EVENTS.labels("dropped")
+
+
+@dataclass
+class Diagnostics:
+    started: float = field(default_factory=time.time)
+    requests: int = 0
+    received: int = 0
+    accepted: int = 0
+    dropped: int = 0
+    unauthorized: int = 0
+    last_send_us: int | None = None
+    last_error: str | None = None
+
+
+class _Problem(Exception):
+    def __init__(self, status: int, detail: str, **extra: Any) -> None:
+        self.status, self.detail, self.extra = status, detail, extra
+
+
+@dataclass
+class State:
+    settings: IngestHttpSettings
+    tokens: TokenMap
+    producer: Producer
+    publisher: RawPublisher
+    validator: EventValidator
+    diag: Diagnostics = field(default_factory=Diagnostics)
+    provisioned: bool = False
+
+
+def _timeout(ms: int) -> dict[str, Any]:
+    return {"message.timeout.ms": ms}
+
+
+def create_app(settings: IngestHttpSettings) -> FastAPI:
+    tokens = settings.token_map()
+    codec = AvroCodec(schema_registry_url=settings.schema_registry_url)
+    admin = admin_client(settings)
+
+    async def provision(state: State) -> None:
+        delay = 0.5
+        while True:
+            try:
+                specs = [
+                    spec
+                    for tenant in sorted(tokens.tenants)
+                    for spec in tenant_topics(
+                        tenant,
+                        ("http",),
+                        partitions=settings.topic_partitions,
+                        replication_factor=settings.topic_replication_factor,
+                        retention_ms=settings.topic_retention_ms,
+                    )
+                ]
+                await asyncio.to_thread(ensure_topics, admin, specs)
+                state.provisioned = True
+                return
+            except Exception as e:
+                log.warning("topic provisioning failed (%s); retrying in %.1fs", e, delay)
+                await asyncio.sleep(delay)
+                delay = min(10.0, delay * 2)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        producer = Producer(settings, sensor=PrometheusSensor(STAGE), **_timeout(settings.produce_timeout_ms))
+        producer.start_poller()
+        state = State(
+            settings=settings,
+            tokens=tokens,
+            producer=producer,
+            publisher=RawPublisher(codec, settings.readings_per_message, settings.source_contexts),
+            validator=EventValidator(
+                settings.max_tag_path_length, settings.max_string_length, settings.max_batch_items
+            ),
+        )
+        app.state.otbus = state
+        task = asyncio.create_task(provision(state))
+        try:
+            yield
+        finally:
+            task.cancel()
+            await asyncio.to_thread(producer.close, 30.0)
+            log.info("ingest-http stopped: %d accepted, %d dropped", state.diag.accepted, state.diag.dropped)
+
+    app = FastAPI(
+        title="otbus ingest-http",
+        summary="Tag events over HTTP (Ignition 8.3 Event Streams compatible) into Kafka",
+        lifespan=lifespan,
+    )
+
+    def ready_topics() -> None:
+        if not app.state.otbus.provisioned:
+            raise RuntimeError("tenant topics not provisioned yet")
+
+    app.include_router(ops_router({"kafka": lambda: kafka_reachable(admin), "topics": ready_topics}))
+
+    @app.exception_handler(_Problem)
+    async def _problem(request: Request, exc: _Problem) -> JSONResponse:
+        return JSONResponse({"detail": exc.detail, **exc.extra}, status_code=exc.status)
+
+    def state_of(request: Request) -> State:
+        s: State = request.app.state.otbus
+        return s
+
+    def tenant_of(
+        request: Request,
+        authorization: Annotated[str | None, Header()] = None,
+        x_api_key: Annotated[str | None, Header()] = None,
+        api_key: Annotated[
+            str | None, Query(description="API key, for clients that cannot set headers")
+        ] = None,
+    ) -> str:
+        st = state_of(request)
+        tenant = st.tokens.tenant_for(TokenMap.from_request_parts(authorization, x_api_key, api_key))
+        if tenant is None:
+            st.diag.unauthorized += 1
+            raise _Problem(401, "missing or invalid API key (Authorization: Bearer, X-API-Key or ?api_key=)")
+        return tenant
+
+    Tenant = Annotated[str, Depends(tenant_of)]
+    Source = Annotated[str | None, Query(max_length=128, pattern=r"^[A-Za-z0-9_.:\-]+$")]
+
+    async def read_body(request: Request, limit: int) -> bytes:
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise _Problem(413, f"body of {declared} bytes is over the limit of {limit}")
+        chunks = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise _Problem(413, f"body is over the limit of {limit} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def send(st: State, records: list[OutRecord]) -> None:
+        loop = asyncio.get_running_loop()
+        fut = st.producer.produce_async(loop, [(r.topic, r.value, r.key, r.headers) for r in records])
+        try:
+            await asyncio.wait_for(fut, st.settings.produce_timeout_ms / 1000 + 5)
+        except (TimeoutError, TransientError) as e:
+            st.diag.last_error = f"{type(e).__name__}: {e}"
+            raise _Problem(503, "Kafka did not acknowledge the events; nothing was accepted, retry") from e
+
+    async def ingest(request: Request, tenant: str, source: str | None, batch: bool) -> Response:
+        st = state_of(request)
+        st.diag.requests += 1
+        source_id = source or request.headers.get("x-otbus-source") or st.settings.default_source
+        correlation = request.headers.get("x-request-id") or uuid7()
+        body = await read_body(request, st.settings.max_body_bytes)
+        rejects: list[tuple[int, Any, ItemError]]
+        try:
+            if batch:
+                events, rejects = st.validator.decode_batch(body)
+            else:
+                ev, item, err = st.validator.decode_one(body)
+                events, rejects = ([ev], []) if ev is not None else ([], [(0, item, err)])  # type: ignore[list-item]
+        except OverflowError as e:
+            raise _Problem(413, str(e)) from None
+        except ValueError as e:
+            st.diag.received += 1
+            st.diag.dropped += 1
+            _DROPPED.inc()
+            await send(st, [st.publisher.unparseable(tenant, source_id, body, str(e), correlation)])
+            raise _Problem(400, str(e), field="body") from None
+        records = st.publisher.records(tenant, source_id, events, correlation)
+        records += st.publisher.dead_letters(tenant, source_id, rejects, correlation)
+        n_ok, n_bad = len(events), len(rejects)
+        st.diag.received += n_ok + n_bad
+        if records:
+            await send(st, records)
+        st.diag.accepted += n_ok
+        st.diag.dropped += n_bad
+        st.diag.last_send_us = now_micros()
+        _ACCEPTED.inc(n_ok)
+        _DROPPED.inc(n_bad)
+        result = {"accepted": n_ok, "dropped": n_bad, "errors": [e.as_dict() for _, _, e in rejects]}
+        status = 422 if (not batch and n_bad) else 200
+        if status == 422:
+            result["detail"] = result["errors"]
+        return Response(msgspec.json.encode(result), status_code=status, media_type="application/json")
+
+    for prefix in ("/api/v1/ingest", "/system/zerobus/ingest"):
+
+        async def one(request: Request, tenant: Tenant, source: Source = None) -> Response:
+            """Ingest one tag event."""
+            return await ingest(request, tenant, source, batch=False)
+
+        async def many(request: Request, tenant: Tenant, source: Source = None) -> Response:
+            """Ingest a JSON array of tag events (Ignition Event Streams script handler payload)."""
+            return await ingest(request, tenant, source, batch=True)
+
+        app.add_api_route(prefix, one, methods=["POST"], summary="Ingest one tag event")
+        app.add_api_route(f"{prefix}/batch", many, methods=["POST"], summary="Ingest a batch of tag events")
+
+    def diagnostics(request: Request) -> dict[str, Any]:
+        st = state_of(request)
+        d = st.diag
+        return {
+            "service": "otbus-ingest-http",
+            "uptime_s": round(time.time() - d.started, 1),
+            "requests": d.requests,
+            "received": d.received,
+            "accepted": d.accepted,
+            "dropped": d.dropped,
+            "unauthorized": d.unauthorized,
+            "last_send": micros_to_rfc3339(d.last_send_us) if d.last_send_us else None,
+            "last_error": d.last_error,
+            "kafka": {
+                "delivered": st.producer.delivered,
+                "failed": st.producer.failed,
+                "in_flight": len(st.producer),
+            },
+            "topics_provisioned": st.provisioned,
+        }
+
+    def health(request: Request) -> dict[str, Any]:
+        st = state_of(request)
+        return {"status": "ok", "service": "otbus-ingest-http", "topics_provisioned": st.provisioned}
+
+    for path in ("/health", "/system/zerobus/health"):
+        app.add_api_route(path, health, methods=["GET"], summary="Liveness as in the seed module")
+    for path in ("/diagnostics", "/system/zerobus/diagnostics"):
+        app.add_api_route(
+            path, diagnostics, methods=["GET"], summary="Counters: received, accepted, dropped, last send"
+        )
+    return app

@@ -1,0 +1,70 @@
+"""Run the normalizer: `python -m otbus_normalizer` (or `otbus-normalizer`)."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import sys
+
+from fastapi import FastAPI
+
+from otbus_core.codec import AvroCodec
+from otbus_core.exceptions import ConfigError
+from otbus_core.kafka import admin_client, kafka_reachable
+from otbus_core.logs import configure_logging
+from otbus_core.metrics import PrometheusSensor
+from otbus_core.ops import OpsServer, install_stop_signals, ops_router
+from otbus_core.runner import ConsumerRunner, RunnerConfig
+from otbus_core.settings import load_settings
+from otbus_core.topics import RAW_TOPIC_PATTERN
+from otbus_normalizer.config import NormalizerSettings
+from otbus_normalizer.handler import STAGE, NormalizerHandler
+from otbus_normalizer.mapping import PathTemplate, TagMapper
+
+log = logging.getLogger("otbus_normalizer")
+
+
+def build(settings: NormalizerSettings) -> ConsumerRunner:
+    mapper = TagMapper(
+        PathTemplate(settings.path_template), settings.default_context, settings.source_contexts()
+    )
+    codec = AvroCodec(schema_registry_url=settings.schema_registry_url)
+    config = RunnerConfig(
+        stage=STAGE,
+        group_id=settings.group_id,
+        topics=[RAW_TOPIC_PATTERN],
+        transactional=True,
+        batch_size=settings.batch_size,
+        batch_timeout=settings.batch_timeout_ms / 1000,
+        instance_id=settings.instance_id or socket.gethostname(),
+    )
+    return ConsumerRunner(
+        settings, config, NormalizerHandler(codec, mapper), codec, sensor=PrometheusSensor(STAGE)
+    )
+
+
+def main() -> int:
+    try:
+        settings = load_settings(NormalizerSettings)
+        configure_logging(settings.service_name, settings.log_level, settings.log_json)
+        runner = build(settings)
+    except ConfigError as e:
+        print(f"otbus-normalizer: {e}", file=sys.stderr)  # noqa: T201
+        return 2
+    admin = admin_client(settings)
+    app = FastAPI(title="otbus normalizer", docs_url=None, redoc_url=None)
+    app.include_router(ops_router({"kafka": lambda: kafka_reachable(admin)}, alive=runner.healthy))
+    ops = OpsServer(app, settings.host, settings.port)
+    ops.start()
+    install_stop_signals(runner.stop)
+    log.info("normalizer started; ops on http://%s:%d", settings.host, settings.port)
+    try:
+        runner.run()
+    finally:
+        ops.stop()
+    log.info("normalizer stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

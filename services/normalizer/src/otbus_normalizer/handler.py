@@ -1,0 +1,93 @@
+"""The normalizer's batch handler: raw reading batches in, tag records and dead letters out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from confluent_kafka import Message
+
+from otbus_core.codec import AvroCodec
+from otbus_core.dlq import dead_letter_from_message
+from otbus_core.envelope import TYPE_TAG, Envelope, micros_to_rfc3339
+from otbus_core.exceptions import DecodeError, InvalidTenant, PoisonRecord
+from otbus_core.kafka import headers_of, position
+from otbus_core.records import Outcome, OutRecord
+from otbus_core.schemas import RAW_READING_BATCH, TAG_RECORD
+from otbus_core.topics import tags_topic, tenant_of_topic
+from otbus_normalizer.mapping import TagMapper
+
+__all__ = ["STAGE", "NormalizerHandler"]
+
+STAGE = "normalizer"
+
+
+class NormalizerHandler:
+    def __init__(self, codec: AvroCodec, mapper: TagMapper) -> None:
+        self.codec = codec
+        self.mapper = mapper
+        self._tag_schema = codec.schemas.latest(TAG_RECORD)
+        self._targets: dict[str, tuple[str, bytes, str]] = {}  # tenant -> (topic, prefix, uri)
+
+    def _target(self, tenant: str) -> tuple[str, bytes, str]:
+        t = self._targets.get(tenant)
+        if t is None:
+            topic = tags_topic(tenant)
+            prefix, uri = self.codec.header(TAG_RECORD, topic)
+            t = self._targets[tenant] = (topic, prefix, uri)
+        return t
+
+    def handle(self, messages: list[Message]) -> Outcome:
+        out = Outcome()
+        for msg in messages:
+            try:
+                tenant = tenant_of_topic(position(msg)[0])
+                env = Envelope.from_headers(headers_of(msg))
+                if env.tenant != tenant:
+                    raise DecodeError(
+                        f"ce_tenant {env.tenant!r} does not match the topic's tenant {tenant!r}"
+                    )
+                batch = self.codec.decode(msg.value(), RAW_READING_BATCH)
+            except (DecodeError, InvalidTenant) as e:
+                out.dead.append(
+                    dead_letter_from_message(msg, stage=STAGE, reason=str(e), error_type=type(e).__name__)
+                )
+                continue
+            self._map_batch(msg, tenant, env, batch, out)
+        return out
+
+    def _map_batch(
+        self, msg: Message, tenant: str, env: Envelope, batch: dict[str, Any], out: Outcome
+    ) -> None:
+        topic, prefix, uri = self._target(tenant)
+        ctx = self.mapper.context_for(batch["source_id"], batch["context"])
+        source = f"/otbus/{batch['protocol']}/{batch['source_id']}"
+        correlation = env.correlationid or env.id
+        encode = self.codec.encode_with
+        schema = self._tag_schema
+        for i, reading in enumerate(batch["readings"]):
+            try:
+                rec = self.mapper.to_tag(tenant, batch, ctx, reading)
+            except PoisonRecord as e:
+                out.dead.append(
+                    dead_letter_from_message(
+                        msg,
+                        stage=STAGE,
+                        reason=f"reading {i} ({reading.get('tag')!r:.120}): {e.reason}",
+                        error_type="PoisonRecord",
+                        item_index=i,
+                        source_id=batch["source_id"],
+                    )
+                )
+                continue
+            headers = Envelope(
+                id=rec["event_id"],
+                source=source,
+                type=TYPE_TAG,
+                tenant=tenant,
+                time=micros_to_rfc3339(rec["source_time"]),
+                subject=rec["path"],
+                dataschema=uri,
+                correlationid=correlation,
+                causationid=rec["raw_event_id"],
+            ).headers()
+            out.outputs.append(OutRecord(topic, encode(prefix, schema, rec), rec["path"], headers))

@@ -1,0 +1,222 @@
+"""Raw reading -> ISA-95 tag record: path template, type inference and coercion, quality."""
+
+from __future__ import annotations
+
+import math
+import re
+import string
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from otbus_core.exceptions import ConfigError, PoisonRecord
+from otbus_core.ids import derive_uuid7
+from otbus_normalizer.quality import BAD, map_quality
+
+__all__ = ["CONTEXT_KEYS", "PathTemplate", "TagMapper", "coerce_value", "signal_type_of", "split_tag"]
+
+CONTEXT_KEYS = ("site", "area", "line", "equipment")
+TEMPLATE_FIELDS = frozenset({*CONTEXT_KEYS, "signal_type", "tag_name", "source_id", "protocol"})
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICRO = timedelta(microseconds=1)
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.\-]+")
+_PROVIDER = re.compile(r"^\[[^\]]*\]")
+_OPCUA_NODE = re.compile(r"^(?:ns=\d+;)?[isgb]=")
+
+# Declared source types (Ignition, Python, OPC-UA, Sparkplug, Modbus names) -> otbus type.
+_TYPES: dict[str, str] = {}
+for _t, _names in {
+    "BOOLEAN": "bool boolean bit coil",
+    "INT64": "int long integer short byte sbyte int1 int2 int4 int8 int16 int32 int64 "
+    "uint uint8 uint16 uint32 uint64 uint1 uint2 uint4 word dword",
+    "DOUBLE": "float double real decimal float4 float8 float32 float64 number",
+    "STRING": "str unicode string text localizedtext",
+    "NULL": "nonetype null none",
+}.items():
+    for _n in _names.split():
+        _TYPES[_n] = _t
+
+_KEYWORDS = (
+    ("temperature", ("temp",)),
+    ("pressure", ("press", "psi", "bar")),
+    ("flow", ("flow",)),
+    ("level", ("level", "lvl")),
+    ("speed", ("speed", "rpm", "velocity")),
+    ("vibration", ("vib",)),
+    ("current", ("current", "amps")),
+    ("voltage", ("volt",)),
+    ("power", ("power", "kw")),
+    ("humidity", ("humid",)),
+    ("torque", ("torque",)),
+    ("position", ("position",)),
+    ("count", ("count", "counter")),
+    ("status", ("status", "state", "running", "alarm", "fault")),
+)
+
+
+class PathTemplate:
+    def __init__(self, template: str, key_name: str = "OTBUS_PATH_TEMPLATE") -> None:
+        names = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+        unknown = names - TEMPLATE_FIELDS
+        if unknown:
+            raise ConfigError(
+                f"{key_name}: unknown placeholder(s) {sorted(unknown)}; allowed: {sorted(TEMPLATE_FIELDS)}"
+            )
+        if "tag_name" not in names:
+            raise ConfigError(f"{key_name}: the template must contain {{tag_name}}")
+        self.template = template
+
+    def render(self, parts: Mapping[str, str]) -> str:
+        return self.template.format_map(parts)
+
+
+def _safe(segment: str) -> str:
+    s = _UNSAFE.sub("_", segment.strip()).strip("_")
+    return s or "_"
+
+
+def split_tag(tag: str) -> list[str]:
+    """Folder segments and name of a source address (Ignition path, OPC-UA node id, topic...)."""
+    t = _PROVIDER.sub("", tag.strip())
+    t = _OPCUA_NODE.sub("", t)
+    sep = "/" if "/" in t else "."
+    parts = [p for p in t.split(sep) if p.strip()]
+    return parts or [t or "_"]
+
+
+def signal_type_of(parts: list[str], declared: str | None) -> str:
+    if declared:
+        return _safe(declared).lower()
+    name = parts[-1].lower()
+    for signal, words in _KEYWORDS:
+        if any(w in name for w in words):
+            return signal
+    if len(parts) > 1:
+        return _safe(parts[-2]).lower()
+    return "value"
+
+
+def coerce_value(value: Any, declared: str | None) -> tuple[Any, str]:
+    """The value as the declared type says, and that type; raises PoisonRecord when it can't be."""
+    want = _TYPES.get(declared.strip().lower()) if declared else None
+    if want is None:  # no or unknown declaration: infer from the value
+        if value is None:
+            return None, "NULL"
+        if isinstance(value, bool):
+            return value, "BOOLEAN"
+        if isinstance(value, int):
+            return value, "INT64"
+        if isinstance(value, float):
+            return value, "DOUBLE"
+        return str(value), "STRING"
+    if value is None:
+        return None, want
+    try:
+        if want == "BOOLEAN":
+            if isinstance(value, bool):
+                return value, want
+            if isinstance(value, int | float) and value in (0, 1):
+                return bool(value), want
+            if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0"):
+                return value.strip().lower() in ("true", "1"), want
+        elif want == "INT64":
+            if isinstance(value, bool):
+                return int(value), want
+            if isinstance(value, int):
+                return value, want
+            if isinstance(value, float) and value.is_integer():
+                return int(value), want
+            if isinstance(value, str):
+                return int(value.strip()), want
+        elif want == "DOUBLE":
+            if isinstance(value, bool):
+                return float(value), want
+            if isinstance(value, int | float):
+                return float(value), want
+            if isinstance(value, str):
+                return float(value.strip()), want
+        elif want == "STRING":
+            return (value if isinstance(value, str) else str(value)), want
+        elif want == "NULL":
+            pass
+    except (ValueError, OverflowError):
+        pass
+    raise PoisonRecord(f"value {value!r:.80} does not fit declared data_type {declared!r}")
+
+
+def micros(dt: datetime) -> int:
+    return (dt - _EPOCH) // _MICRO
+
+
+class TagMapper:
+    """Builds tag records; context = defaults < the adapter's batch context < per-source config."""
+
+    def __init__(
+        self,
+        template: PathTemplate,
+        default_context: Mapping[str, str],
+        source_context: Mapping[str, Mapping[str, str]],
+    ) -> None:
+        self.template = template
+        self.default_context = {k: default_context.get(k, "unknown") for k in CONTEXT_KEYS}
+        self.source_context = source_context
+
+    def context_for(self, source_id: str, batch_context: Mapping[str, str]) -> dict[str, str]:
+        ctx = dict(self.default_context)
+        for layer in (batch_context, self.source_context.get(source_id, {})):
+            for k in CONTEXT_KEYS:
+                v = layer.get(k)
+                if v:
+                    ctx[k] = _safe(v)
+        return ctx
+
+    def to_tag(
+        self, tenant: str, batch: Mapping[str, Any], ctx: Mapping[str, str], r: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        tag = r["tag"]
+        if not tag or not tag.strip():
+            raise PoisonRecord("reading has an empty tag")
+        protocol = batch["protocol"]
+        source_id = batch["source_id"]
+        value, data_type = coerce_value(r["value"], r["data_type"])
+        quality = map_quality(protocol, r["quality"], r["quality_code"])
+        if isinstance(value, float) and not math.isfinite(value):
+            value, quality = None, BAD  # NaN/Inf carry no value; JSON and SQL cannot hold them
+        parts = split_tag(tag)
+        attrs = r["attributes"]
+        tag_name = _safe(parts[-1])
+        signal_type = signal_type_of(parts, attrs.get("signal_type"))
+        path = self.template.render(
+            {
+                **ctx,
+                "signal_type": signal_type,
+                "tag_name": tag_name,
+                "source_id": _safe(source_id),
+                "protocol": protocol,
+            }
+        )
+        raw_id = str(r["id"])  # fastavro reads the uuid logical type as uuid.UUID
+        received = micros(r["received_time"])
+        src = r["source_time"]
+        return {
+            "event_id": derive_uuid7(raw_id, "tag"),
+            "tenant": tenant,
+            "path": path,
+            "site": ctx["site"],
+            "area": ctx["area"],
+            "line": ctx["line"],
+            "equipment": ctx["equipment"],
+            "signal_type": signal_type,
+            "tag_name": tag_name,
+            "value": value,
+            "data_type": data_type,
+            "unit": r["unit"] or attrs.get("unit"),
+            "quality": quality,
+            "quality_code": r["quality_code"],
+            "source_time": micros(src) if src is not None else received,
+            "ingest_time": received,
+            "source_id": source_id,
+            "protocol": protocol,
+            "source_tag": tag,
+            "raw_event_id": raw_id,
+        }

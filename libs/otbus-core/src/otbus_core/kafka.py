@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from confluent_kafka import Message
@@ -14,10 +15,14 @@ __all__ = ["Headers", "admin_client", "base_config", "headers_of", "kafka_reacha
 Headers = list[tuple[str, str | bytes | None]]
 
 
+_RDKAFKA_LOG = logging.getLogger("librdkafka")
+
+
 def base_config(settings: OtbusSettings) -> dict[str, Any]:
     return {
         "bootstrap.servers": settings.kafka_bootstrap,
         "client.id": settings.service_name,
+        "logger": _RDKAFKA_LOG,
         **settings.kafka_config,
     }
 

@@ -1,7 +1,5 @@
 """event-store: consumer + query API in one process (the consumer can be turned off)."""
 
-from __future__ import annotations
-
 import logging
 import socket
 import threading

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, MetaData, Table, func, select, text, tuple_
+from sqlalchemy import Connection, Engine, MetaData, Table, func, literal, select, text, tuple_
 from sqlalchemy.sql import Select
 
 __all__ = ["EventFilter", "EventQueries", "decode_cursor", "encode_cursor"]
@@ -29,7 +30,7 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         ts, event_id = raw.split("|", 1)
-        return datetime.fromisoformat(ts), event_id
+        return datetime.fromisoformat(ts), str(uuid.UUID(event_id))
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise ValueError("cursor is not one this API returned") from None
 
@@ -87,7 +88,7 @@ class EventQueries:
             stmt = stmt.where(t.c.time < f.until)
         key = tuple_(t.c.time, t.c.event_id)
         if f.cursor:
-            after = tuple_(f.cursor[0], f.cursor[1])
+            after = tuple_(literal(f.cursor[0], t.c.time.type), literal(f.cursor[1], t.c.event_id.type))
             stmt = stmt.where(key > after if f.order == "asc" else key < after)
         if f.order == "asc":
             stmt = stmt.order_by(t.c.time.asc(), t.c.event_id.asc())

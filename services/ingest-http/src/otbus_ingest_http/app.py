@@ -1,7 +1,5 @@
 """ingest-http: the FastAPI app."""
 
-from __future__ import annotations
-
 import asyncio
 import logging
 import time

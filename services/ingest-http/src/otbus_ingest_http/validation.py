@@ -54,16 +54,17 @@ def _event_type(max_path: int, max_str: int) -> type[TagEvent]:
     ts = Annotated[float, msgspec.Meta(ge=0, le=_MAX_TS_MS)]
     ts_int = Annotated[int, msgspec.Meta(ge=0, le=_MAX_TS_MS)]
 
-    class Limited(msgspec.Struct, frozen=True, gc=False):
-        tagPath: path
-        tagProvider: short | None = None
-        value: bool | Int64 | float | text | None = None
-        quality: short | None = None
-        qualityCode: Int64 | None = None
-        timestamp: ts_int | ts | None = None
-        dataType: short | None = None
-
-    return Limited  # type: ignore[return-value]
+    fields = [
+        ("tagPath", path),
+        ("tagProvider", short | None, None),
+        ("value", None | bool | Int64 | float | text, None),
+        ("quality", short | None, None),
+        ("qualityCode", Int64 | None, None),
+        ("timestamp", ts_int | ts | None, None),
+        ("dataType", short | None, None),
+    ]
+    limited: type[TagEvent] = msgspec.defstruct("TagEvent", fields, frozen=True, gc=False)
+    return limited
 
 
 class EventValidator:

@@ -1,0 +1,99 @@
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+
+from otbus_core.envelope import Envelope, micros_to_rfc3339, rfc3339_to_micros
+from otbus_core.exceptions import DecodeError, InvalidTenant
+from otbus_core.ids import derive_uuid7, uuid7, uuid7_batch, uuid7_millis
+from otbus_core.topics import (
+    RAW_TOPIC_PATTERN,
+    TAGS_TOPIC_PATTERN,
+    dlq_topic,
+    raw_topic,
+    tags_topic,
+    tenant_of_topic,
+    validate_tenant,
+)
+
+UUID7 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+
+
+def test_topic_names() -> None:
+    assert raw_topic("acme", "opcua") == "acme.ot.raw.opcua.v1"
+    assert tags_topic("plant-7") == "plant-7.ot.tags.v1"
+    assert dlq_topic("a") == "a.ot.dlq.v1"
+    assert tenant_of_topic("plant-7.ot.tags.v1") == "plant-7"
+    with pytest.raises(ValueError, match="protocol"):
+        raw_topic("acme", "bacnet")
+
+
+@pytest.mark.parametrize("bad", ["", "Acme", "-acme", "a" * 64, "ac me", "acme.x", "acme_1", "ä"])
+def test_invalid_tenants(bad: str) -> None:
+    with pytest.raises(InvalidTenant):
+        validate_tenant(bad)
+    with pytest.raises(InvalidTenant):
+        tags_topic(bad)
+
+
+def test_valid_tenants() -> None:
+    for ok in ("a", "0", "acme-plant-1", "a" * 63):
+        assert validate_tenant(ok) == ok
+
+
+def test_subscription_patterns() -> None:
+    raw, tags = re.compile(RAW_TOPIC_PATTERN), re.compile(TAGS_TOPIC_PATTERN)
+    assert raw.match("acme.ot.raw.http.v1") and raw.match("a-1.ot.raw.sparkplug.v1")
+    assert not raw.match("acme.ot.tags.v1") and not raw.match("acme.ot.raw.bacnet.v1")
+    assert tags.match("acme.ot.tags.v1")
+    assert not tags.match("acme.ot.dlq.v1") and not tags.match("acme.ot.raw.http.v1")
+
+
+def test_uuid7_format_and_order() -> None:
+    ids = [uuid7() for _ in range(2000)] + uuid7_batch(5000)
+    assert all(UUID7.match(i) for i in ids)
+    assert ids == sorted(ids)
+    assert len(set(ids)) == len(ids)
+    assert abs(uuid7_millis(ids[-1]) - time.time() * 1000) < 5000
+
+
+def test_derived_ids_are_deterministic_and_keep_the_millisecond() -> None:
+    parent = uuid7()
+    a, b = derive_uuid7(parent, "tag"), derive_uuid7(parent, "tag")
+    assert a == b and UUID7.match(a)
+    assert derive_uuid7(parent, "other") != a
+    assert uuid7_millis(a) == uuid7_millis(parent)
+
+
+def test_envelope_headers_roundtrip() -> None:
+    env = Envelope.new(
+        source="/otbus/http/ignition",
+        type="otbus.ot.tag.v1",
+        tenant="acme",
+        subject="a/b",
+        correlationid="c1",
+        causationid="c2",
+        dataschema="urn:x",
+    )
+    names = [k for k, _ in env.headers()]
+    assert {"ce_specversion", "ce_id", "ce_source", "ce_type", "ce_time", "ce_tenant", "content-type"} <= set(
+        names
+    )
+    back = Envelope.from_headers([(k, v.encode()) for k, v in env.headers()])
+    assert back == env
+
+
+def test_envelope_missing_headers_named() -> None:
+    with pytest.raises(DecodeError, match="ce_tenant"):
+        Envelope.from_headers(
+            [("ce_specversion", b"1.0"), ("ce_id", b"x"), ("ce_source", b"s"), ("ce_type", b"t")]
+        )
+
+
+def test_rfc3339_micros() -> None:
+    us = 1_763_000_000_123_456
+    s = micros_to_rfc3339(us)
+    assert s == "2025-11-13T02:13:20.123456Z"
+    assert rfc3339_to_micros(s) == us

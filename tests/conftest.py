@@ -1,0 +1,24 @@
+"""Session fixtures: the real infrastructure, started once (or reused when already running)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tests.support import Infra, new_tenant, start_infra
+
+
+@pytest.fixture(scope="session")
+def infra() -> Infra:
+    return start_infra("kafka", "postgres")
+
+
+@pytest.fixture
+def tenant() -> str:
+    return new_tenant()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_proxy() -> None:
+    os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")

@@ -1,0 +1,313 @@
+"""Test support: real infrastructure, service processes, Kafka and HTTP helpers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+REPO = Path(__file__).resolve().parents[1]
+INFRA = REPO / "deploy" / "local" / "infra.sh"
+ARTIFACTS = REPO / "test-artifacts"
+
+
+@dataclass(frozen=True)
+class Infra:
+    kafka_bootstrap: str
+    database_url: str
+    database_admin_url: str
+    mqtt_url: str
+
+    def env(self) -> dict[str, str]:
+        return {
+            "OTBUS_KAFKA_BOOTSTRAP": self.kafka_bootstrap,
+            "OTBUS_DATABASE_URL": self.database_url,
+            "OTBUS_MQTT_URL": self.mqtt_url,
+        }
+
+
+def infra_cmd(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", str(INFRA), *args], check=check, text=True, capture_output=True, timeout=900
+    )
+
+
+def start_infra(*components: str) -> Infra:
+    """Start (or reuse) the local infrastructure; externally given OTBUS_* URLs are used as they are."""
+    proc = infra_cmd("start", *components, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"deploy/local/infra.sh start failed:\n{proc.stdout}\n{proc.stderr}")
+    env = dict(os.environ)
+    for line in infra_cmd("env").stdout.splitlines():
+        if line.startswith("export "):
+            k, _, v = line[len("export ") :].partition("=")
+            env.setdefault(k, v.strip("'\""))
+    return Infra(
+        kafka_bootstrap=env["OTBUS_KAFKA_BOOTSTRAP"],
+        database_url=env["OTBUS_DATABASE_URL"],
+        database_admin_url=env.get("OTBUS_DATABASE_ADMIN_URL", env["OTBUS_DATABASE_URL"]),
+        mqtt_url=env.get("OTBUS_MQTT_URL", ""),
+    )
+
+
+def new_tenant(prefix: str = "t") -> str:
+    return f"{prefix}{uuid.uuid4().hex[:12]}"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(pred: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = pred()
+        if last:
+            return last
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+@dataclass
+class Service:
+    """A service run as its own process, as in production (`python -m <module>`)."""
+
+    name: str
+    module: str
+    env: dict[str, str]
+    port: int
+    log_path: Path = field(init=False)
+    proc: subprocess.Popen[bytes] | None = None
+
+    def __post_init__(self) -> None:
+        ARTIFACTS.mkdir(exist_ok=True)
+        self.log_path = ARTIFACTS / f"{self.name}-{self.port}.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, ready_timeout: float = 60.0) -> Service:
+        env = {**os.environ, **self.env, "OTBUS_PORT": str(self.port), "OTBUS_HOST": "127.0.0.1"}
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", self.module], env=env, stdout=log, stderr=log)
+        try:
+            wait_until(self._ready, ready_timeout, f"{self.name} /readyz")
+        except TimeoutError:
+            self.stop()
+            raise RuntimeError(f"{self.name} did not become ready; log:\n{self.log_tail()}") from None
+        return self
+
+    def _ready(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(f"{self.name} exited with {self.proc.returncode}; log:\n{self.log_tail()}")
+        try:
+            return httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def log_tail(self, lines: int = 60) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def kill9(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self, timeout: float = 60.0) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        return self.proc.returncode
+
+
+def read_topic(bootstrap: str, topic: str, timeout: float = 10.0, committed_only: bool = True) -> list[Any]:
+    """Every record of `topic` up to its end offsets at call time."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    md = admin.list_topics(topic, timeout=10)
+    if topic not in md.topics or md.topics[topic].error is not None:
+        return []
+    c = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"test-reader-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed" if committed_only else "read_uncommitted",
+        }
+    )
+    try:
+        parts = [TopicPartition(topic, p, 0) for p in md.topics[topic].partitions]
+        ends = {}
+        for tp in parts:
+            lo, hi = c.get_watermark_offsets(tp, timeout=10)
+            ends[tp.partition] = hi
+            tp.offset = lo
+        c.assign(parts)
+        out: list[Any] = []
+        pending = {p for p, hi in ends.items() if hi > 0}
+        pos = {p: 0 for p in ends}
+        deadline = time.monotonic() + timeout
+        while pending and time.monotonic() < deadline:
+            for m in c.consume(1000, 0.5):
+                if m.error():
+                    if m.error().code() != KafkaError._PARTITION_EOF:
+                        raise RuntimeError(m.error())
+                    continue
+                out.append(m)
+                pos[m.partition()] = m.offset() + 1
+            for p in list(pending):
+                # read_committed may end below the high watermark (a trailing transaction marker)
+                if pos[p] >= ends[p] or c.position([TopicPartition(topic, p)])[0].offset >= ends[p]:
+                    pending.discard(p)
+        return out
+    finally:
+        c.close()
+
+
+def headers(msg: Any) -> dict[str, str]:
+    return {k: (v.decode() if isinstance(v, bytes) else v) for k, v in (msg.headers() or [])}
+
+
+def ignition_events(n: int, start: int = 0, prefix: str = "Line1") -> Iterator[dict[str, Any]]:
+    """Tag events exactly as the seed's Event Streams script handler builds them."""
+    now_ms = int(time.time() * 1000)
+    for i in range(start, start + n):
+        yield {
+            "tagPath": f"[default]{prefix}/Machine{i % 7}/Sensor_{i}",
+            "tagProvider": "default",
+            "value": i,
+            "quality": "GOOD",
+            "qualityCode": 192,
+            "timestamp": now_ms + i,
+            "dataType": "int",
+        }
+
+
+def dump(obj: Any) -> str:
+    return json.dumps(obj, indent=2, default=str)
+
+
+@dataclass
+class Stack:
+    """The first slice as separate processes: ingest-http, normalizer, event store."""
+
+    infra: Infra
+    tenants: list[str]
+    keys: dict[str, str]  # tenant -> API key / bearer token
+    ingest: Service
+    normalizer: Service
+    store: Service
+
+    @classmethod
+    def build(cls, infra: Infra, n_tenants: int = 2, suffix: str = "") -> Stack:
+        tenants = [new_tenant() for _ in range(n_tenants)]
+        keys = {t: f"key-{t}-{uuid.uuid4().hex}" for t in tenants}
+        by_key = json.dumps({k: t for t, k in keys.items()})
+        common = {**infra.env(), "OTBUS_LOG_LEVEL": "INFO", "OTBUS_METADATA_REFRESH_MS": "1000"}
+        run = uuid.uuid4().hex[:8]
+        ingest = Service(
+            "ingest-http", "otbus_ingest_http", {**common, "OTBUS_API_KEYS": by_key}, free_port()
+        )
+        normalizer = Service(
+            "normalizer",
+            "otbus_normalizer",
+            {
+                **common,
+                "OTBUS_INSTANCE_ID": f"test-{run}",
+                "OTBUS_DEFAULT_CONTEXT": json.dumps(
+                    {"site": "plant1", "area": "production", "line": "line1", "equipment": "default"}
+                ),
+            },
+            free_port(),
+        )
+        store = Service(
+            "event-store",
+            "otbus_event_store",
+            {**common, "OTBUS_API_TOKENS": by_key, "OTBUS_INSTANCE_ID": f"test-{run}"},
+            free_port(),
+        )
+        return cls(infra, tenants, keys, ingest, normalizer, store)
+
+    def start(self) -> Stack:
+        self.store.start()
+        self.normalizer.start()
+        self.ingest.start()
+        return self
+
+    def stop(self) -> None:
+        for s in (self.ingest, self.normalizer, self.store):
+            s.stop()
+
+    def post_batch(
+        self,
+        tenant: str,
+        events: list[dict[str, Any]] | str | bytes,
+        path: str = "/system/zerobus/ingest/batch",
+    ) -> httpx.Response:
+        body = events if isinstance(events, str | bytes) else json.dumps(events, allow_nan=True)
+        return httpx.post(
+            f"{self.ingest.url}{path}",
+            content=body,
+            headers={"Content-Type": "application/json", "X-API-Key": self.keys[tenant]},
+            timeout=60,
+        )
+
+    def query(self, tenant: str, path: str = "/api/v1/events", **params: Any) -> httpx.Response:
+        return httpx.get(
+            f"{self.store.url}{path}",
+            params=params,
+            headers={"Authorization": f"Bearer {self.keys[tenant]}"},
+            timeout=30,
+        )
+
+    def all_events(self, tenant: str, **params: Any) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        cursor = None
+        while True:
+            q = {"limit": 1000, "order": "asc", **params}
+            if cursor:
+                q["cursor"] = cursor
+            r = self.query(tenant, **q)
+            r.raise_for_status()
+            body = r.json()
+            out.extend(body["events"])
+            cursor = body["next_cursor"]
+            if not cursor:
+                return out
+
+    def stored_count(self, tenant: str) -> int:
+        now = time.time()
+        fmt = "%Y-%m-%dT%H:%M:%SZ"
+        r = self.query(
+            tenant,
+            "/api/v1/statistics",
+            since=time.strftime(fmt, time.gmtime(now - 86400)),
+            until=time.strftime(fmt, time.gmtime(now + 86400)),
+        )
+        r.raise_for_status()
+        return int(r.json()["total"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import struct
 from pathlib import Path
@@ -100,11 +101,11 @@ def test_dataschema_uri_names_schema_and_version() -> None:
 def test_every_schema_version_reads_data_of_the_previous_version() -> None:
     """Backward compatibility: each vN reads what vN-1 wrote (schema resolution by fastavro)."""
     codec = AvroCodec()
-    for key in codec.schemas.keys():
+    for key in codec.schemas.keys():  # noqa: SIM118 - a catalog, not a dict
         versions = codec.schemas.versions(key)
         assert versions and versions[0].version == 1, f"{key} must start at v1"
         assert [v.version for v in versions] == list(range(1, len(versions) + 1)), f"{key}: gap in versions"
-        for old, new in zip(versions, versions[1:], strict=False):
+        for old, new in itertools.pairwise(versions):
             buf = io.BytesIO()
             fastavro.schemaless_writer(buf, old.parsed, _minimal(old.parsed))
             buf.seek(0)

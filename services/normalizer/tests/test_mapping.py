@@ -83,7 +83,7 @@ def test_split_and_signal_type() -> None:
 
 
 def test_template_validation() -> None:
-    with pytest.raises(ConfigError, match="OTBUS_PATH_TEMPLATE.*bogus"):
+    with pytest.raises(ConfigError, match=r"OTBUS_PATH_TEMPLATE.*bogus"):
         PathTemplate("{site}/{bogus}/{tag_name}")
     with pytest.raises(ConfigError, match="tag_name"):
         PathTemplate("{site}/{area}")

@@ -54,7 +54,7 @@ def _event_type(max_path: int, max_str: int) -> type[TagEvent]:
     ts = Annotated[float, msgspec.Meta(ge=0, le=_MAX_TS_MS)]
     ts_int = Annotated[int, msgspec.Meta(ge=0, le=_MAX_TS_MS)]
 
-    fields = [
+    fields: list[tuple[str, Any] | tuple[str, Any, Any]] = [
         ("tagPath", path),
         ("tagProvider", short | None, None),
         ("value", None | bool | Int64 | float | text, None),
@@ -63,8 +63,8 @@ def _event_type(max_path: int, max_str: int) -> type[TagEvent]:
         ("timestamp", ts_int | ts | None, None),
         ("dataType", short | None, None),
     ]
-    limited: type[TagEvent] = msgspec.defstruct("TagEvent", fields, frozen=True, gc=False)
-    return limited
+    limited = msgspec.defstruct("TagEvent", fields, frozen=True, gc=False)
+    return limited  # type: ignore[return-value]  # same fields as TagEvent, with the limits
 
 
 class EventValidator:

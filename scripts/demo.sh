@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# One command: set everything up, start Kafka, PostgreSQL and Mosquitto, the services,
+# and the simulator posting Ignition-style tag events; then print where to look.
+# Ctrl-C stops the simulator; `make stop` stops the services and the infrastructure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$HOME/.local/bin:$PATH"
+
+bash scripts/bootstrap.sh
+bash deploy/local/infra.sh start
+eval "$(bash deploy/local/infra.sh env)"
+
+OTBUS_HOME=${OTBUS_HOME:-$PWD/.otbus}
+RUN=$OTBUS_HOME/run
+mkdir -p "$RUN"
+DEMO_KEY=${OTBUS_DEMO_KEY:-demo-key-change-me-0001}
+DEMO_TENANT=${OTBUS_DEMO_TENANT:-demo}
+export OTBUS_KAFKA_BOOTSTRAP OTBUS_DATABASE_URL
+export OTBUS_METADATA_REFRESH_MS=2000
+
+start_service() { # name module port [VAR=value ...]
+  local name=$1 module=$2 port=$3
+  shift 3
+  if [[ -s $RUN/$name.pid ]] && kill -0 "$(cat "$RUN/$name.pid")" 2>/dev/null; then
+    echo "demo: $name already running"
+    return
+  fi
+  env "$@" OTBUS_PORT="$port" setsid nohup uv run --no-sync python -m "$module" >>"$RUN/$name.log" 2>&1 &
+  echo $! >"$RUN/$name.pid"
+  for _ in $(seq 1 120); do
+    curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && { echo "demo: $name ready on :$port"; return; }
+    kill -0 "$(cat "$RUN/$name.pid")" 2>/dev/null || { tail -n 30 "$RUN/$name.log"; echo "demo: $name died" >&2; exit 1; }
+    sleep 0.5
+  done
+  tail -n 30 "$RUN/$name.log"
+  echo "demo: $name did not become ready" >&2
+  exit 1
+}
+
+start_service event-store otbus_event_store 8081 OTBUS_API_TOKENS="{\"$DEMO_KEY\": \"$DEMO_TENANT\"}"
+start_service normalizer otbus_normalizer 8082 \
+  OTBUS_DEFAULT_CONTEXT='{"site": "plant1", "area": "production", "line": "line1", "equipment": "default"}'
+start_service ingest-http otbus_ingest_http 8088 OTBUS_API_KEYS="{\"$DEMO_KEY\": \"$DEMO_TENANT\"}"
+
+cat <<MSG
+
+otbus is running (logs in $RUN/*.log):
+  ingest-http   http://127.0.0.1:8088/docs      diagnostics: http://127.0.0.1:8088/system/zerobus/diagnostics
+  event store   http://127.0.0.1:8081/docs
+  normalizer    http://127.0.0.1:8082/metrics
+
+Query the stored, normalized events (tenant '$DEMO_TENANT'):
+  curl -s -H 'Authorization: Bearer $DEMO_KEY' 'http://127.0.0.1:8081/api/v1/events?limit=5' | python3 -m json.tool
+  curl -s -H 'Authorization: Bearer $DEMO_KEY' 'http://127.0.0.1:8081/api/v1/statistics'
+
+The simulator now posts Ignition Event Streams style batches (Ctrl-C to stop it; 'make stop' stops everything).
+MSG
+exec uv run --no-sync python -m otbus_ot_simulator http --url http://127.0.0.1:8088 --api-key "$DEMO_KEY" \
+  --tags "${OTBUS_DEMO_TAGS:-200}" --rate "${OTBUS_DEMO_RATE:-500}" ${OTBUS_DEMO_SECONDS:+--seconds "$OTBUS_DEMO_SECONDS"}

@@ -1,0 +1,1 @@
+"""otbus OT simulator."""

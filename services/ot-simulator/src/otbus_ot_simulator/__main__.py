@@ -1,0 +1,82 @@
+"""Ignition Event Streams style HTTP poster.
+
+Posts batches of tag events, in exactly the shape of the Ignition script handler,
+to `/system/zerobus/ingest/batch` of ingest-http:
+
+    python -m otbus_ot_simulator http --url http://127.0.0.1:8088 --api-key KEY --tags 200 --rate 500
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import time
+
+import httpx
+
+from otbus_ot_simulator.signals import plant
+
+
+def post_http(url: str, api_key: str, tags: int, rate: float, seconds: float | None, batch_ms: int) -> int:
+    signals = plant(tags)
+    rng = random.Random(2)
+    endpoint = url.rstrip("/") + "/system/zerobus/ingest/batch"
+    sent = accepted = 0
+    started = time.monotonic()
+    per_batch = max(1, int(rate * batch_ms / 1000))
+    idx = 0
+    with httpx.Client(timeout=30, headers={"X-API-Key": api_key}) as client:
+        next_report = started + 5
+        while seconds is None or time.monotonic() - started < seconds:
+            t = time.time()
+            batch = []
+            for _ in range(per_batch):
+                s = signals[idx % len(signals)]
+                idx += 1
+                batch.append(
+                    {
+                        "tagPath": f"[default]{s.path}",
+                        "tagProvider": "default",
+                        "value": s.sample(t, rng),
+                        "quality": "GOOD",
+                        "qualityCode": 192,
+                        "timestamp": int(t * 1000),
+                        "dataType": s.data_type(),
+                    }
+                )
+            try:
+                r = client.post(endpoint, json=batch)
+                r.raise_for_status()
+                accepted += r.json()["accepted"]
+            except httpx.HTTPError as e:
+                print(f"simulator: post failed: {e}", file=sys.stderr)  # noqa: T201
+            sent += len(batch)
+            now = time.monotonic()
+            if now >= next_report:
+                print(f"simulator: {accepted} of {sent} events accepted ({accepted / (now - started):.0f}/s)")  # noqa: T201
+                next_report = now + 5
+            time.sleep(max(0.0, batch_ms / 1000 - (time.monotonic() - now)))
+    return accepted
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="otbus-ot-simulator")
+    sub = p.add_subparsers(dest="mode", required=True)
+    h = sub.add_parser("http", help="post Ignition Event Streams style batches to ingest-http")
+    h.add_argument("--url", default="http://127.0.0.1:8088")
+    h.add_argument("--api-key", required=True)
+    h.add_argument("--tags", type=int, default=200)
+    h.add_argument("--rate", type=float, default=500.0, help="events per second")
+    h.add_argument("--seconds", type=float, default=None, help="stop after this long (default: run until Ctrl-C)")
+    h.add_argument("--batch-ms", type=int, default=200, help="buffer window, like the Event Stream's max wait")
+    args = p.parse_args(argv)
+    try:
+        post_http(args.url, args.api_key, args.tags, args.rate, args.seconds, args.batch_ms)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -584,6 +584,8 @@ BEGIN
   IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'otbus') THEN
     CREATE ROLE otbus LOGIN CREATEDB NOSUPERUSER NOBYPASSRLS PASSWORD '$PG_PASSWORD';
   END IF;
+  -- the event store creates its read role (otbus_query, under row-level security) on first start
+  ALTER ROLE otbus CREATEROLE;
 END
 \$\$;
 SELECT 'CREATE DATABASE otbus OWNER otbus'

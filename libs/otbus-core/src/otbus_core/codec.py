@@ -48,6 +48,17 @@ class AvroCodec:
         self._by_id: dict[int, Any] = {}
         self._lock = threading.Lock()
 
+    def close(self) -> None:
+        if self._registry is not None:
+            self._registry.close()
+            self._registry = None
+
+    def __enter__(self) -> AvroCodec:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     # -- encoding ---------------------------------------------------------
 
     def header(self, key: str, topic: str) -> tuple[bytes, str]:

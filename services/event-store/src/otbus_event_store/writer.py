@@ -123,11 +123,7 @@ class EventWriter:
                 return []
             except errors.UniqueViolation:
                 return self._merge(conn, events)
-            except (
-                errors.DataException,
-                errors.IntegrityError,
-                errors.SyntaxErrorOrAccessRuleViolation,
-            ) as e:
+            except (psycopg.DataError, psycopg.IntegrityError) as e:
                 log.warning("batch of %d refused (%s); writing row by row", len(events), e)
                 return self._one_by_one(conn, events)
         except (psycopg.OperationalError, psycopg.InterfaceError) as e:
@@ -150,7 +146,7 @@ class EventWriter:
                 "redelivered batch: %d of %d events were already stored", len(events) - inserted, len(events)
             )
             return []
-        except (errors.DataException, errors.IntegrityError) as e:
+        except (psycopg.DataError, psycopg.IntegrityError) as e:
             log.warning("merge of %d refused (%s); writing row by row", len(events), e)
             return self._one_by_one(conn, events)
 
@@ -165,6 +161,6 @@ class EventWriter:
                         cur.execute(_INSERT_ONE, ev.row())
                         if cur.rowcount == 0:
                             self.duplicates += 1
-                except (errors.DataException, errors.IntegrityError) as e:
+                except (psycopg.DataError, psycopg.IntegrityError) as e:
                     refused.append((ev, f"PostgreSQL refused the event: {e.diag.message_primary or e}"))
         return refused

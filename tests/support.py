@@ -40,9 +40,7 @@ class Infra:
 
 
 def infra_cmd(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["bash", str(INFRA), *args], check=check, text=True, capture_output=True, timeout=900
-    )
+    return subprocess.run(["bash", str(INFRA), *args], check=check, text=True, capture_output=True, timeout=900)
 
 
 def start_infra(*components: str) -> Infra:
@@ -228,17 +226,23 @@ class Stack:
         tenants = [new_tenant() for _ in range(n_tenants)]
         keys = {t: f"key-{t}-{uuid.uuid4().hex}" for t in tenants}
         by_key = json.dumps({k: t for t, k in keys.items()})
-        common = {**infra.env(), "OTBUS_LOG_LEVEL": "INFO", "OTBUS_METADATA_REFRESH_MS": "1000"}
         run = uuid.uuid4().hex[:8]
-        ingest = Service(
-            "ingest-http", "otbus_ingest_http", {**common, "OTBUS_API_KEYS": by_key}, free_port()
-        )
+        # Each stack serves only its own tenants, in its own consumer groups, so stacks of
+        # concurrent test sessions (or a benchmark) never take each other's partitions.
+        common = {
+            **infra.env(),
+            "OTBUS_LOG_LEVEL": "INFO",
+            "OTBUS_METADATA_REFRESH_MS": "1000",
+            "OTBUS_TENANTS": "|".join(tenants),
+        }
+        ingest = Service("ingest-http", "otbus_ingest_http", {**common, "OTBUS_API_KEYS": by_key}, free_port())
         normalizer = Service(
             "normalizer",
             "otbus_normalizer",
             {
                 **common,
                 "OTBUS_INSTANCE_ID": f"test-{run}",
+                "OTBUS_GROUP_ID": f"otbus-normalizer-{run}",
                 "OTBUS_DEFAULT_CONTEXT": json.dumps(
                     {"site": "plant1", "area": "production", "line": "line1", "equipment": "default"}
                 ),
@@ -248,7 +252,12 @@ class Stack:
         store = Service(
             "event-store",
             "otbus_event_store",
-            {**common, "OTBUS_API_TOKENS": by_key, "OTBUS_INSTANCE_ID": f"test-{run}"},
+            {
+                **common,
+                "OTBUS_API_TOKENS": by_key,
+                "OTBUS_INSTANCE_ID": f"test-{run}",
+                "OTBUS_GROUP_ID": f"otbus-event-store-{run}",
+            },
             free_port(),
         )
         return cls(infra, tenants, keys, ingest, normalizer, store)

@@ -80,8 +80,6 @@ def test_old_and_future_events_land_in_the_default_partition(infra: Infra, tenan
     future = _event(tenant, 2, when=datetime.now(UTC) + timedelta(days=400))
     assert w.write([old, future]) == []
     with psycopg.connect(infra.database_admin_url) as c:
-        rows = c.execute(
-            "SELECT tableoid::regclass::text FROM otbus_events WHERE tenant = %s", (tenant,)
-        ).fetchall()
+        rows = c.execute("SELECT tableoid::regclass::text FROM otbus_events WHERE tenant = %s", (tenant,)).fetchall()
     assert {r[0] for r in rows} == {"otbus_events_default"}
     w.close()

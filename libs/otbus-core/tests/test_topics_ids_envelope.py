@@ -9,11 +9,11 @@ from otbus_core.envelope import Envelope, micros_to_rfc3339, rfc3339_to_micros
 from otbus_core.exceptions import DecodeError, InvalidTenant
 from otbus_core.ids import derive_uuid7, uuid7, uuid7_batch, uuid7_millis
 from otbus_core.topics import (
-    RAW_TOPIC_PATTERN,
-    TAGS_TOPIC_PATTERN,
     dlq_topic,
     raw_topic,
+    raw_topics_pattern,
     tags_topic,
+    tags_topics_pattern,
     tenant_of_topic,
     validate_tenant,
 )
@@ -44,7 +44,7 @@ def test_valid_tenants() -> None:
 
 
 def test_subscription_patterns() -> None:
-    raw, tags = re.compile(RAW_TOPIC_PATTERN), re.compile(TAGS_TOPIC_PATTERN)
+    raw, tags = re.compile(raw_topics_pattern()), re.compile(tags_topics_pattern())
     assert raw.match("acme.ot.raw.http.v1") and raw.match("a-1.ot.raw.sparkplug.v1")
     assert not raw.match("acme.ot.tags.v1") and not raw.match("acme.ot.raw.bacnet.v1")
     assert tags.match("acme.ot.tags.v1")
@@ -78,18 +78,14 @@ def test_envelope_headers_roundtrip() -> None:
         dataschema="urn:x",
     )
     names = [k for k, _ in env.headers()]
-    assert {"ce_specversion", "ce_id", "ce_source", "ce_type", "ce_time", "ce_tenant", "content-type"} <= set(
-        names
-    )
+    assert {"ce_specversion", "ce_id", "ce_source", "ce_type", "ce_time", "ce_tenant", "content-type"} <= set(names)
     back = Envelope.from_headers([(k, v.encode()) for k, v in env.headers()])
     assert back == env
 
 
 def test_envelope_missing_headers_named() -> None:
     with pytest.raises(DecodeError, match="ce_tenant"):
-        Envelope.from_headers(
-            [("ce_specversion", b"1.0"), ("ce_id", b"x"), ("ce_source", b"s"), ("ce_type", b"t")]
-        )
+        Envelope.from_headers([("ce_specversion", b"1.0"), ("ce_id", b"x"), ("ce_source", b"s"), ("ce_type", b"t")])
 
 
 def test_rfc3339_micros() -> None:
@@ -97,3 +93,10 @@ def test_rfc3339_micros() -> None:
     s = micros_to_rfc3339(us)
     assert s == "2025-11-13T02:13:20.123456Z"
     assert rfc3339_to_micros(s) == us
+
+
+def test_subscription_restricted_to_some_tenants() -> None:
+    only = re.compile(tags_topics_pattern("acme|plant-7"))
+    assert only.match("acme.ot.tags.v1") and only.match("plant-7.ot.tags.v1")
+    assert not only.match("acme2.ot.tags.v1") and not only.match("other.ot.tags.v1")
+    assert not re.compile(raw_topics_pattern("acme")).match("xacme.ot.raw.http.v1")

@@ -65,9 +65,7 @@ def test_coercion(value: object, declared: str | None, want: object, want_type: 
     assert got == want and type(got) is type(want) and t == want_type
 
 
-@pytest.mark.parametrize(
-    ("value", "declared"), [(3.5, "int"), ("abc", "float"), (7, "bool"), ("maybe", "bool")]
-)
+@pytest.mark.parametrize(("value", "declared"), [(3.5, "int"), ("abc", "float"), (7, "bool"), ("maybe", "bool")])
 def test_coercion_refuses(value: object, declared: str) -> None:
     with pytest.raises(PoisonRecord, match="does not fit"):
         coerce_value(value, declared)

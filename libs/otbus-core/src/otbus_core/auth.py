@@ -26,9 +26,7 @@ class TokenMap:
                 digest = bytes.fromhex(token.removeprefix("sha256:"))
             else:
                 if len(token) < 16:
-                    raise ConfigError(
-                        f"{key_name}: a token of tenant {tenant!r} is shorter than 16 characters"
-                    )
+                    raise ConfigError(f"{key_name}: a token of tenant {tenant!r} is shorter than 16 characters")
                 digest = hashlib.sha256(token.encode()).digest()
             self._by_digest[digest] = tenant
 
@@ -43,9 +41,7 @@ class TokenMap:
         return self._by_digest.get(hashlib.sha256(token.encode()).digest())
 
     @staticmethod
-    def from_request_parts(
-        authorization: str | None, api_key: str | None, query_key: str | None
-    ) -> str | None:
+    def from_request_parts(authorization: str | None, api_key: str | None, query_key: str | None) -> str | None:
         """The token from `Authorization: Bearer`, `X-API-Key` or `?api_key=`, in that order."""
         if authorization and authorization[:7].lower() == "bearer ":
             return authorization[7:].strip()

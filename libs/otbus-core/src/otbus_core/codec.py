@@ -67,9 +67,7 @@ class AvroCodec:
         if self._registry is None:
             return _SINGLE_OBJECT_MAGIC + schema.fingerprint, schema.uri
         schema_id = self._registered_id(schema, f"{topic}-value")
-        return struct.pack(">bI", _CONFLUENT_MAGIC, schema_id), (
-            f"{self.registry_url}/schemas/ids/{schema_id}"
-        )
+        return struct.pack(">bI", _CONFLUENT_MAGIC, schema_id), (f"{self.registry_url}/schemas/ids/{schema_id}")
 
     def encode(self, key: str, record: dict[str, Any], topic: str) -> bytes:
         prefix, _ = self.header(key, topic)

@@ -81,7 +81,9 @@ class ConsumerRunner:
         self.last_commit: float | None = None
         self.failing_since: float | None = None
         self.committed: dict[tuple[str, int], int] = {}
-        self._consumer: Consumer | None = None
+        self.lag_interval = 2.0
+        self._lag_at = 0.0
+        self._lag_snapshot: list[dict[str, Any]] = []
         txn_id = f"{config.group_id}-{config.instance_id}" if config.transactional else None
         self.producer = Producer(
             settings,
@@ -123,13 +125,10 @@ class ConsumerRunner:
     def run(self) -> None:
         """Consume until `stop()`; then finish the batch in hand, commit and close."""
         consumer = Consumer(self._consumer_config())
-        self._consumer = consumer
         if self.config.transactional:
             self._retrying("init_transactions", lambda: self.producer.raw.init_transactions(30))
         consumer.subscribe(list(self.config.topics), on_revoke=self._on_revoke)
-        log.info(
-            "%s consuming %s as group %s", self.config.stage, list(self.config.topics), self.config.group_id
-        )
+        log.info("%s consuming %s as group %s", self.config.stage, list(self.config.topics), self.config.group_id)
         try:
             while not self._stop.is_set():
                 self.last_loop = time.monotonic()
@@ -137,11 +136,11 @@ class ConsumerRunner:
                 batch = [m for m in msgs if not self._is_error(m)]
                 if batch:
                     self._process(consumer, batch)
+                self._refresh_lag(consumer)
         finally:
             log.info("%s stopping: closing consumer", self.config.stage)
             consumer.close()
             self.producer.close()
-            self._consumer = None
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
@@ -239,9 +238,7 @@ class ConsumerRunner:
         outcome = self.handler.handle(batch)
         failed_before = self.producer.failed
         self._produce_outcome(outcome)
-        if (outcome.outputs or outcome.dead) and (
-            self.producer.flush(30) or self.producer.failed != failed_before
-        ):
+        if (outcome.outputs or outcome.dead) and (self.producer.flush(30) or self.producer.failed != failed_before):
             raise TransientError("dead letters or outputs were not acknowledged")
         offsets = _next_offsets(batch)
         try:
@@ -267,14 +264,16 @@ class ConsumerRunner:
         for d in outcome.dead:
             r = encode_dead_letter(self.codec, d)
             p.produce(r.topic, r.value, r.key, r.headers)
-            log.warning(
-                "dead letter from %s[%s]@%s: %s",
-                d.original_topic,
-                d.original_partition,
-                d.original_offset,
-                d.reason,
-            )
         if outcome.dead:
+            first = outcome.dead[0]
+            log.warning(
+                "%d dead letter(s) in this batch; first from %s[%s]@%s: %s",
+                len(outcome.dead),
+                first.original_topic,
+                first.original_partition,
+                first.original_offset,
+                first.reason,
+            )
             self.sensor.on_dead_letter(len(outcome.dead))
         self.sensor.on_produced(len(outcome.outputs) + len(outcome.dead))
 
@@ -312,35 +311,35 @@ class ConsumerRunner:
     # -- status ---------------------------------------------------------------
 
     def lag(self) -> list[dict[str, Any]]:
-        """Per assigned partition: committed offset, high watermark and lag."""
-        consumer = self._consumer
-        if consumer is None:
-            return []
+        """Per assigned partition: committed offset, high watermark and lag.
+
+        A snapshot the consuming thread refreshes every few seconds; librdkafka's consumer
+        must not be called from other threads while it sits in consume().
+        """
+        return list(self._lag_snapshot)
+
+    def _refresh_lag(self, consumer: Consumer) -> None:
+        now = time.monotonic()
+        if now - self._lag_at < self.lag_interval:
+            return
+        self._lag_at = now
         out: list[dict[str, Any]] = []
         total = 0
-        try:
-            assignment = consumer.assignment()
-        except (KafkaException, RuntimeError):
-            return []
-        for tp in assignment:
+        # position skips transaction markers, which the committed offset may stop short of
+        for tp in consumer.position(consumer.assignment()):
             try:
-                _low, high = consumer.get_watermark_offsets(tp, timeout=1, cached=False)
+                _low, high = consumer.get_watermark_offsets(tp, cached=True)
             except KafkaException:
                 continue
+            if high < 0:  # nothing fetched yet for this partition
+                continue
             committed = self.committed.get((tp.topic, tp.partition))
-            lag = max(0, high - committed) if committed is not None else None
+            done = max(committed or 0, tp.offset)
+            lag = max(0, high - done) if committed is not None or tp.offset >= 0 else None
             total += lag or 0
-            out.append(
-                {
-                    "topic": tp.topic,
-                    "partition": tp.partition,
-                    "committed": committed,
-                    "high": high,
-                    "lag": lag,
-                }
-            )
+            out.append({"topic": tp.topic, "partition": tp.partition, "committed": committed, "high": high, "lag": lag})
+        self._lag_snapshot = out
         self.sensor.on_lag(total)
-        return out
 
 
 def _next_offsets(batch: list[Message]) -> list[TopicPartition]:

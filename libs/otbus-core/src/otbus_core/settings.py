@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, TypeVar
 
-from pydantic import ValidationError
+from pydantic import ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from otbus_core.exceptions import ConfigError
+from otbus_core.topics import TENANT_PATTERN
 
 __all__ = ["DatabaseSettings", "OtbusSettings", "load_settings"]
 
@@ -34,6 +36,17 @@ class OtbusSettings(BaseSettings):
     topic_retention_ms: int | None = None
     metadata_refresh_ms: int = 5000
     """How often pattern subscriptions look for new tenant topics."""
+    tenants: str = TENANT_PATTERN
+    """Regex of the tenants a consuming service serves (all by default); lets tenants be sharded."""
+
+    @field_validator("tenants")
+    @classmethod
+    def _valid_regex(cls, v: str) -> str:
+        try:
+            re.compile(v)
+        except re.error as e:
+            raise ValueError(f"not a regular expression: {e}") from None
+        return v
 
 
 class DatabaseSettings(OtbusSettings):

@@ -15,14 +15,15 @@ from otbus_core.exceptions import InvalidTenant
 
 __all__ = [
     "PROTOCOLS",
-    "RAW_TOPIC_PATTERN",
-    "TAGS_TOPIC_PATTERN",
+    "TENANT_PATTERN",
     "TENANT_RE",
     "TopicSpec",
     "dlq_topic",
     "ensure_topics",
     "raw_topic",
+    "raw_topics_pattern",
     "tags_topic",
+    "tags_topics_pattern",
     "tenant_of_topic",
     "tenant_topics",
     "validate_tenant",
@@ -32,11 +33,20 @@ log = logging.getLogger(__name__)
 
 TENANT_RE: Final = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 PROTOCOLS: Final = frozenset({"opcua", "mqtt", "sparkplug", "modbus", "http"})
-_TENANT = r"[a-z0-9][a-z0-9-]{0,62}"
-# librdkafka subscribes by regex when a topic name starts with '^'.
-RAW_TOPIC_PATTERN: Final = rf"^{_TENANT}\.ot\.raw\.(opcua|mqtt|sparkplug|modbus|http)\.v1$"
-TAGS_TOPIC_PATTERN: Final = rf"^{_TENANT}\.ot\.tags\.v1$"
+TENANT_PATTERN: Final = r"[a-z0-9][a-z0-9-]{0,62}"
+_TENANT = TENANT_PATTERN
 _TOPIC_RE: Final = re.compile(rf"^({_TENANT})\.ot\.[a-z0-9.-]+\.v[0-9]+$")
+
+
+# librdkafka subscribes by regex when a topic name starts with '^'.
+def raw_topics_pattern(tenants: str = TENANT_PATTERN) -> str:
+    """Subscription regex for the raw topics of the tenants matching `tenants` (a regex)."""
+    return rf"^({tenants})\.ot\.raw\.(opcua|mqtt|sparkplug|modbus|http)\.v1$"
+
+
+def tags_topics_pattern(tenants: str = TENANT_PATTERN) -> str:
+    """Subscription regex for the tags topics of the tenants matching `tenants` (a regex)."""
+    return rf"^({tenants})\.ot\.tags\.v1$"
 
 
 def validate_tenant(tenant: str) -> str:

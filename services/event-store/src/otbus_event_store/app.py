@@ -16,7 +16,7 @@ from otbus_core.kafka import admin_client, kafka_reachable
 from otbus_core.metrics import PrometheusSensor
 from otbus_core.ops import ops_router
 from otbus_core.runner import ConsumerRunner, RunnerConfig
-from otbus_core.topics import TAGS_TOPIC_PATTERN, tenant_of_topic
+from otbus_core.topics import tags_topics_pattern, tenant_of_topic
 from otbus_event_store.config import EventStoreSettings
 from otbus_event_store.handler import STAGE, StoreHandler
 from otbus_event_store.migrate import ensure_partitions, migrate, purge_expired
@@ -40,22 +40,24 @@ def create_app(settings: EventStoreSettings) -> FastAPI:
     codec = AvroCodec(schema_registry_url=settings.schema_registry_url)
     admin = admin_client(settings)
     engine = create_engine(
-        _sqlalchemy_url(settings.database_url), pool_size=settings.database_pool_size, pool_pre_ping=True
+        _sqlalchemy_url(settings.database_url),
+        pool_size=settings.database_pool_size,
+        pool_pre_ping=True,
+        pool_timeout=10,
+        connect_args={"options": f"-c statement_timeout={settings.query_timeout_ms}"},
     )
     runner: ConsumerRunner | None = None
     if settings.consume:
         config = RunnerConfig(
             stage=STAGE,
             group_id=settings.group_id,
-            topics=[TAGS_TOPIC_PATTERN, *settings.extra_topics],
+            topics=[tags_topics_pattern(settings.tenants), *settings.extra_topics],
             batch_size=settings.batch_size,
             batch_timeout=settings.batch_timeout_ms / 1000,
             instance_id=settings.instance_id or socket.gethostname(),
         )
         writer = EventWriter(settings.database_url)
-        runner = ConsumerRunner(
-            settings, config, StoreHandler(codec, writer), codec, sensor=PrometheusSensor(STAGE)
-        )
+        runner = ConsumerRunner(settings, config, StoreHandler(codec, writer), codec, sensor=PrometheusSensor(STAGE))
     stop_maintenance = threading.Event()
 
     def maintenance() -> None:
@@ -100,14 +102,10 @@ def create_app(settings: EventStoreSettings) -> FastAPI:
     app.include_router(ops_router(checks, alive=runner.healthy if runner else lambda: True))
 
     def tenant_of(authorization: Annotated[str | None, Header()] = None) -> str:
-        token = (
-            authorization[7:].strip() if authorization and authorization[:7].lower() == "bearer " else None
-        )
+        token = authorization[7:].strip() if authorization and authorization[:7].lower() == "bearer " else None
         tenant = tokens.tenant_for(token)
         if tenant is None:
-            raise HTTPException(
-                401, "missing or invalid bearer token", headers={"WWW-Authenticate": "Bearer"}
-            )
+            raise HTTPException(401, "missing or invalid bearer token", headers={"WWW-Authenticate": "Bearer"})
         return tenant
 
     Tenant = Annotated[str, Depends(tenant_of)]
@@ -118,9 +116,7 @@ def create_app(settings: EventStoreSettings) -> FastAPI:
         request: Request,
         tenant: Tenant,
         type: Annotated[list[str] | None, Query(description="Event type(s), e.g. otbus.ot.tag.v1")] = None,
-        subject_prefix: Annotated[
-            str | None, Query(max_length=1024, description="ISA-95 path prefix")
-        ] = None,
+        subject_prefix: Annotated[str | None, Query(max_length=1024, description="ISA-95 path prefix")] = None,
         source: Annotated[str | None, Query(max_length=512)] = None,
         correlation_id: Annotated[str | None, Query(max_length=256)] = None,
         since: Annotated[datetime | None, Query(description="Inclusive lower bound of event time")] = None,
@@ -166,9 +162,7 @@ def create_app(settings: EventStoreSettings) -> FastAPI:
         if until <= since:
             raise HTTPException(422, "until: must be after since")
         if until - since > timedelta(hours=settings.max_statistics_range_hours):
-            raise HTTPException(
-                422, f"since: the range may span at most {settings.max_statistics_range_hours} hours"
-            )
+            raise HTTPException(422, f"since: the range may span at most {settings.max_statistics_range_hours} hours")
         result: dict[str, Any] = request.app.state.queries.statistics(tenant, since, until)
         return result
 

@@ -36,6 +36,8 @@ class EventStoreSettings(DatabaseSettings):
     api_tokens: dict[str, str] = {}
     """Bearer token -> tenant (JSON); tokens may be given as `sha256:<hex>`."""
     api_tokens_file: Path | None = None
+    query_timeout_ms: int = Field(15_000, ge=100)
+    """Statement timeout of query API reads."""
     max_page_size: int = Field(1000, ge=1, le=10_000)
     max_statistics_range_hours: int = Field(24 * 7, ge=1)
 

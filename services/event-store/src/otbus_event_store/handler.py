@@ -83,16 +83,12 @@ class StoreHandler:
             try:
                 ev = to_stored_event(msg, self.codec)
             except (DecodeError, InvalidTenant) as e:
-                out.dead.append(
-                    dead_letter_from_message(msg, stage=STAGE, reason=str(e), error_type=type(e).__name__)
-                )
+                out.dead.append(dead_letter_from_message(msg, stage=STAGE, reason=str(e), error_type=type(e).__name__))
                 continue
             origin[id(ev)] = msg
             events.append(ev)
         for ev, reason in self.writer.write(events):
             out.dead.append(
-                dead_letter_from_message(
-                    origin[id(ev)], stage=STAGE, reason=reason, error_type="DatabaseRefused"
-                )
+                dead_letter_from_message(origin[id(ev)], stage=STAGE, reason=reason, error_type="DatabaseRefused")
             )
         return out

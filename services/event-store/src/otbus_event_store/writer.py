@@ -45,9 +45,7 @@ _COPY_STAGE = sql.SQL("COPY otbus_stage ({}) FROM STDIN").format(_COLS)
 _STAGE = sql.SQL(
     "CREATE TEMP TABLE IF NOT EXISTS otbus_stage (LIKE otbus_events INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
 )
-_MERGE = sql.SQL("INSERT INTO otbus_events ({0}) SELECT {0} FROM otbus_stage ON CONFLICT DO NOTHING").format(
-    _COLS
-)
+_MERGE = sql.SQL("INSERT INTO otbus_events ({0}) SELECT {0} FROM otbus_stage ON CONFLICT DO NOTHING").format(_COLS)
 _INSERT_ONE = sql.SQL("INSERT INTO otbus_events ({}) VALUES ({}) ON CONFLICT DO NOTHING").format(
     _COLS, sql.SQL(", ").join(sql.Placeholder() * len(COLUMNS))
 )
@@ -98,9 +96,7 @@ class EventWriter:
     def _connection(self) -> psycopg.Connection[tuple[object, ...]]:
         if self._conn is None or self._conn.closed:
             try:
-                self._conn = psycopg.connect(
-                    self.conninfo, autocommit=False, application_name="otbus-event-store"
-                )
+                self._conn = psycopg.connect(self.conninfo, autocommit=False, application_name="otbus-event-store")
             except psycopg.OperationalError as e:
                 raise TransientError(f"database unreachable: {e}") from e
         return self._conn
@@ -142,9 +138,7 @@ class EventWriter:
                 cur.execute(_MERGE)
                 inserted = cur.rowcount
             self.duplicates += len(events) - inserted
-            log.info(
-                "redelivered batch: %d of %d events were already stored", len(events) - inserted, len(events)
-            )
+            log.info("redelivered batch: %d of %d events were already stored", len(events) - inserted, len(events))
             return []
         except (psycopg.DataError, psycopg.IntegrityError) as e:
             log.warning("merge of %d refused (%s); writing row by row", len(events), e)

@@ -143,9 +143,7 @@ def create_app(settings: IngestHttpSettings) -> FastAPI:
         request: Request,
         authorization: Annotated[str | None, Header()] = None,
         x_api_key: Annotated[str | None, Header()] = None,
-        api_key: Annotated[
-            str | None, Query(description="API key, for clients that cannot set headers")
-        ] = None,
+        api_key: Annotated[str | None, Query(description="API key, for clients that cannot set headers")] = None,
     ) -> str:
         st = state_of(request)
         tenant = st.tokens.tenant_for(TokenMap.from_request_parts(authorization, x_api_key, api_key))

@@ -22,9 +22,7 @@ PROTOCOL = "http"
 
 
 class RawPublisher:
-    def __init__(
-        self, codec: AvroCodec, readings_per_message: int, contexts: Mapping[str, Mapping[str, str]]
-    ) -> None:
+    def __init__(self, codec: AvroCodec, readings_per_message: int, contexts: Mapping[str, Mapping[str, str]]) -> None:
         self.codec = codec
         self.chunk = readings_per_message
         self.contexts = contexts
@@ -39,9 +37,7 @@ class RawPublisher:
             t = self._headers[tenant] = (topic, prefix, uri)
         return t
 
-    def records(
-        self, tenant: str, source_id: str, events: Sequence[Any], correlation_id: str
-    ) -> list[OutRecord]:
+    def records(self, tenant: str, source_id: str, events: Sequence[Any], correlation_id: str) -> list[OutRecord]:
         topic, prefix, uri = self._target(tenant)
         received = now_micros()
         ids = uuid7_batch(len(events))
@@ -76,11 +72,7 @@ class RawPublisher:
                 correlationid=correlation_id,
             )
             batch = {"source_id": source_id, "protocol": PROTOCOL, "context": context, "readings": readings}
-            out.append(
-                OutRecord(
-                    topic, self.codec.encode_with(prefix, self._schema, batch), source_id, env.headers()
-                )
-            )
+            out.append(OutRecord(topic, self.codec.encode_with(prefix, self._schema, batch), source_id, env.headers()))
         return out
 
     def dead_letters(
@@ -103,9 +95,7 @@ class RawPublisher:
             for index, item, err in rejects
         ]
 
-    def unparseable(
-        self, tenant: str, source_id: str, body: bytes, reason: str, correlation_id: str
-    ) -> OutRecord:
+    def unparseable(self, tenant: str, source_id: str, body: bytes, reason: str, correlation_id: str) -> OutRecord:
         return encode_dead_letter(
             self.codec,
             DeadLetter(

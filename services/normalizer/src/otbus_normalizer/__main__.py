@@ -16,7 +16,7 @@ from otbus_core.metrics import PrometheusSensor
 from otbus_core.ops import OpsServer, install_stop_signals, ops_router
 from otbus_core.runner import ConsumerRunner, RunnerConfig
 from otbus_core.settings import load_settings
-from otbus_core.topics import RAW_TOPIC_PATTERN
+from otbus_core.topics import raw_topics_pattern
 from otbus_normalizer.config import NormalizerSettings
 from otbus_normalizer.handler import STAGE, NormalizerHandler
 from otbus_normalizer.mapping import PathTemplate, TagMapper
@@ -25,22 +25,18 @@ log = logging.getLogger("otbus_normalizer")
 
 
 def build(settings: NormalizerSettings) -> ConsumerRunner:
-    mapper = TagMapper(
-        PathTemplate(settings.path_template), settings.default_context, settings.source_contexts()
-    )
+    mapper = TagMapper(PathTemplate(settings.path_template), settings.default_context, settings.source_contexts())
     codec = AvroCodec(schema_registry_url=settings.schema_registry_url)
     config = RunnerConfig(
         stage=STAGE,
         group_id=settings.group_id,
-        topics=[RAW_TOPIC_PATTERN],
+        topics=[raw_topics_pattern(settings.tenants)],
         transactional=True,
         batch_size=settings.batch_size,
         batch_timeout=settings.batch_timeout_ms / 1000,
         instance_id=settings.instance_id or socket.gethostname(),
     )
-    return ConsumerRunner(
-        settings, config, NormalizerHandler(codec, mapper), codec, sensor=PrometheusSensor(STAGE)
-    )
+    return ConsumerRunner(settings, config, NormalizerHandler(codec, mapper), codec, sensor=PrometheusSensor(STAGE))
 
 
 def main() -> int:

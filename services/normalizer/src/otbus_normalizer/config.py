@@ -43,7 +43,5 @@ class NormalizerSettings(OtbusSettings):
             raise ConfigError(f"OTBUS_CONTEXTS_FILE: cannot read {self.contexts_file}: {e}") from None
         sources = doc.get("sources", {})
         if not isinstance(sources, dict) or not all(isinstance(v, dict) for v in sources.values()):
-            raise ConfigError(
-                "OTBUS_CONTEXTS_FILE: 'sources' must map source ids to {site, area, line, equipment}"
-            )
+            raise ConfigError("OTBUS_CONTEXTS_FILE: 'sources' must map source ids to {site, area, line, equipment}")
         return {str(k): {str(a): str(b) for a, b in v.items()} for k, v in sources.items()}

@@ -43,21 +43,15 @@ class NormalizerHandler:
                 tenant = tenant_of_topic(position(msg)[0])
                 env = Envelope.from_headers(headers_of(msg))
                 if env.tenant != tenant:
-                    raise DecodeError(
-                        f"ce_tenant {env.tenant!r} does not match the topic's tenant {tenant!r}"
-                    )
+                    raise DecodeError(f"ce_tenant {env.tenant!r} does not match the topic's tenant {tenant!r}")
                 batch = self.codec.decode(msg.value(), RAW_READING_BATCH)
             except (DecodeError, InvalidTenant) as e:
-                out.dead.append(
-                    dead_letter_from_message(msg, stage=STAGE, reason=str(e), error_type=type(e).__name__)
-                )
+                out.dead.append(dead_letter_from_message(msg, stage=STAGE, reason=str(e), error_type=type(e).__name__))
                 continue
             self._map_batch(msg, tenant, env, batch, out)
         return out
 
-    def _map_batch(
-        self, msg: Message, tenant: str, env: Envelope, batch: dict[str, Any], out: Outcome
-    ) -> None:
+    def _map_batch(self, msg: Message, tenant: str, env: Envelope, batch: dict[str, Any], out: Outcome) -> None:
         topic, prefix, uri = self._target(tenant)
         ctx = self.mapper.context_for(batch["source_id"], batch["context"])
         source = f"/otbus/{batch['protocol']}/{batch['source_id']}"

@@ -69,12 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     h.add_argument("--api-key", required=True)
     h.add_argument("--tags", type=int, default=200)
     h.add_argument("--rate", type=float, default=500.0, help="events per second")
-    h.add_argument(
-        "--seconds", type=float, default=None, help="stop after this long (default: run until Ctrl-C)"
-    )
-    h.add_argument(
-        "--batch-ms", type=int, default=200, help="buffer window, like the Event Stream's max wait"
-    )
+    h.add_argument("--seconds", type=float, default=None, help="stop after this long (default: run until Ctrl-C)")
+    h.add_argument("--batch-ms", type=int, default=200, help="buffer window, like the Event Stream's max wait")
     args = p.parse_args(argv)
     with contextlib.suppress(KeyboardInterrupt):
         post_http(args.url, args.api_key, args.tags, args.rate, args.seconds, args.batch_ms)

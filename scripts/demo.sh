@@ -17,6 +17,7 @@ DEMO_KEY=${OTBUS_DEMO_KEY:-demo-key-change-me-0001}
 DEMO_TENANT=${OTBUS_DEMO_TENANT:-demo}
 export OTBUS_KAFKA_BOOTSTRAP OTBUS_DATABASE_URL
 export OTBUS_METADATA_REFRESH_MS=2000
+export OTBUS_TENANTS=$DEMO_TENANT # the consumers serve the demo tenant only
 
 start_service() { # name module port [VAR=value ...]
   local name=$1 module=$2 port=$3

@@ -6,7 +6,7 @@ import re
 from typing import Any, TypeVar
 
 from pydantic import ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from otbus_core.exceptions import ConfigError
 from otbus_core.topics import TENANT_PATTERN
@@ -59,10 +59,14 @@ S = TypeVar("S", bound=BaseSettings)
 
 def load_settings(cls: type[S], **overrides: Any) -> S:
     """Build settings; on invalid config raise ConfigError naming each `OTBUS_*` key at fault."""
+    prefix = cls.model_config.get("env_prefix", "") or ""
     try:
         return cls(**overrides)
+    except SettingsError as e:  # a value that is not even parseable (e.g. JSON for a dict field)
+        m = re.search(r'field "([^"]+)"', str(e))
+        key = f"{prefix}{m.group(1)}".upper() if m else "configuration"
+        raise ConfigError(f"invalid configuration:\n  {key}: cannot be parsed ({e.__cause__ or e})") from None
     except ValidationError as e:
-        prefix = cls.model_config.get("env_prefix", "") or ""
         lines = []
         for err in e.errors():
             field = ".".join(str(p) for p in err["loc"])

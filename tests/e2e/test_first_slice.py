@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from otbus_core.codec import AvroCodec
+from otbus_core.ids import uuid7_seq
 from otbus_core.topics import dlq_topic, raw_topic, tags_topic
 from tests.support import Infra, Stack, headers, ignition_events, read_topic, wait_until
 
@@ -116,7 +117,8 @@ def test_raw_and_tag_records_carry_the_envelope(stack: Stack) -> None:
     rh = headers(raw[0])
     codec = AvroCodec()
     batch = codec.decode(raw[0].value(), "raw_reading_batch")
-    reading_ids = {str(x["id"]) for x in batch["readings"]}
+    reading_ids = set(uuid7_seq(batch["first_id"], len(batch["tags"])))
+    assert batch["tags"] == [f"[default]Env/Machine{i % 7}/Sensor_{i}" for i in range(3)]
     for m in tags:
         h = headers(m)
         assert h["ce_specversion"] == "1.0" and h["ce_type"] == "otbus.ot.tag.v1" and h["ce_tenant"] == t

@@ -15,6 +15,7 @@ from confluent_kafka import Producer
 
 from otbus_core.codec import AvroCodec
 from otbus_core.envelope import TYPE_RAW_READINGS, Envelope
+from otbus_core.ids import uuid7
 from otbus_core.topics import dlq_topic, raw_topic
 from tests.support import Infra, Stack, headers, ignition_events, read_topic, wait_until
 
@@ -116,7 +117,15 @@ def test_normalizer_dead_letters_poison_and_the_partition_moves_on(stack: Stack)
 
 
 def _batch() -> dict:
-    return {"source_id": "s", "protocol": "http", "context": {}, "readings": []}
+    empty: list[object] = []
+    return {
+        "source_id": "s",
+        "protocol": "http",
+        "context": {},
+        "first_id": uuid7(),
+        "received_time": 0,
+        **{k: empty for k in ("tags", "values", "data_types", "qualities", "quality_codes", "source_times")},
+    }
 
 
 def test_query_filters_pagination_and_isolation(stack: Stack) -> None:

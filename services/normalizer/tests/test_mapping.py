@@ -1,12 +1,18 @@
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 import pytest
 
 from otbus_core.exceptions import ConfigError, PoisonRecord
-from otbus_core.ids import uuid7
-from otbus_normalizer.mapping import PathTemplate, TagMapper, coerce_value, signal_type_of, split_tag
+from otbus_core.ids import uuid7, uuid7_block, uuid7_seq
+from otbus_normalizer.mapping import (
+    PathTemplate,
+    Reading,
+    TagMapper,
+    coerce_value,
+    columns,
+    signal_type_of,
+    split_tag,
+)
 from otbus_normalizer.quality import map_quality
 
 
@@ -87,7 +93,7 @@ def test_template_validation() -> None:
         PathTemplate("{site}/{area}")
 
 
-def _reading(**kw: object) -> dict:
+def _reading(**kw: object) -> Reading:
     base = {
         "id": uuid7(),
         "tag": "[default]Line1/Reactor_Temp",
@@ -95,13 +101,11 @@ def _reading(**kw: object) -> dict:
         "data_type": "float",
         "quality": "GOOD",
         "quality_code": 192,
-        "source_time": datetime(2026, 1, 1, tzinfo=UTC),
-        "received_time": datetime(2026, 1, 1, 0, 0, 1, tzinfo=UTC),
-        "unit": None,
-        "attributes": {},
+        "source_time": 1767225600000000,
+        "received_time": 1767225601000000,
     }
     base.update(kw)
-    return base
+    return Reading(**base)  # type: ignore[arg-type]
 
 
 def test_tag_record_with_context_layers() -> None:
@@ -110,26 +114,45 @@ def test_tag_record_with_context_layers() -> None:
         {"site": "plant1", "area": "production", "line": "line1", "equipment": "default"},
         {"ignition": {"equipment": "plc 7"}},
     )
-    batch = {"source_id": "ignition", "protocol": "http", "context": {"line": "line2"}}
-    ctx = mapper.context_for("ignition", batch["context"])
+    ctx = mapper.context_for("ignition", {"line": "line2"})
     r = _reading()
-    rec = mapper.to_tag("acme", batch, ctx, r)
+    rec = mapper.to_tag("acme", "ignition", "http", ctx, r)
     assert rec["path"] == "plant1/production/line2/plc_7/temperature/Reactor_Temp"
     assert rec["quality"] == "GOOD" and rec["data_type"] == "DOUBLE" and rec["value"] == 21.5
     assert rec["source_time"] == 1767225600000000 and rec["ingest_time"] == 1767225601000000
-    assert rec["raw_event_id"] == r["id"] and rec["event_id"] != r["id"]
-    assert mapper.to_tag("acme", batch, ctx, r)["event_id"] == rec["event_id"]  # deterministic
+    assert rec["raw_event_id"] == r.id and rec["event_id"] != r.id
+    assert mapper.to_tag("acme", "ignition", "http", ctx, r)["event_id"] == rec["event_id"]  # deterministic
 
 
 def test_nan_becomes_null_bad_and_missing_source_time_uses_receive_time() -> None:
     mapper = TagMapper(PathTemplate("{site}/{tag_name}"), {"site": "s"}, {})
-    batch = {"source_id": "x", "protocol": "opcua", "context": {}}
-    rec = mapper.to_tag(
-        "acme",
-        batch,
-        mapper.context_for("x", {}),
-        _reading(value=float("nan"), quality_code=0, source_time=None),
-    )
+    r = _reading(value=float("nan"), quality_code=0, source_time=None)
+    rec = mapper.to_tag("acme", "x", "opcua", mapper.context_for("x", {}), r)
     assert rec["value"] is None and rec["quality"] == "BAD"
     assert rec["source_time"] == rec["ingest_time"]
     assert rec["path"] == "s/Reactor_Temp"
+
+
+def test_columns_give_readings_with_consecutive_ids() -> None:
+    first = uuid7_block(3)
+    batch = {
+        "source_id": "s",
+        "protocol": "http",
+        "context": {},
+        "first_id": first,
+        "received_time": 5,
+        "tags": ["a", "b", "c"],
+        "values": [1, 2.5, None],
+        "data_types": ["", "float", ""],
+        "qualities": ["", "", "Bad"],
+        "quality_codes": [None, 192, None],
+        "source_times": [None, 7, None],
+        "units": [],
+        "attributes": [],
+    }
+    rs = columns(batch)
+    assert [r.id for r in rs] == uuid7_seq(first, 3) and rs[0].id == first
+    assert [r.tag for r in rs] == ["a", "b", "c"] and rs[1].data_type == "float" and rs[1].source_time == 7
+    assert rs[2].unit == "" and rs[2].attributes == {}
+    with pytest.raises(PoisonRecord, match="different lengths"):
+        columns({**batch, "values": [1]})

@@ -19,7 +19,7 @@ from typing import Any
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 
 from otbus_core.exceptions import DecodeError, TransientError
-from otbus_core.schemas import AvroSchema, SchemaCatalog, catalog
+from otbus_core.schemas import AvroSchema, SchemaCatalog, catalog, strip_logical_types
 
 __all__ = ["AVRO_CONTENT_TYPE", "AvroCodec"]
 
@@ -77,7 +77,7 @@ class AvroCodec:
     def encode_with(prefix: bytes, schema: AvroSchema, record: dict[str, Any]) -> bytes:
         buf = io.BytesIO()
         buf.write(prefix)
-        schemaless_writer(buf, schema.parsed, record)
+        schemaless_writer(buf, schema.fast, record)
         return buf.getvalue()
 
     def _registered_id(self, schema: AvroSchema, subject: str) -> int:
@@ -106,10 +106,10 @@ class AvroCodec:
                 raise DecodeError(f"unknown schema fingerprint {data[2:10].hex()}")
             if writer.key != key:
                 raise DecodeError(f"record is a {writer.full_name}, expected {reader.full_name}")
-            return self._read(data, 10, writer.parsed, reader.parsed if writer is not reader else None)
+            return self._read(data, 10, writer.fast, reader.fast if writer is not reader else None)
         if data[0] == _CONFLUENT_MAGIC:
             schema_id = struct.unpack_from(">I", data, 1)[0]
-            return self._read(data, 5, self._schema_by_id(schema_id), reader.parsed)
+            return self._read(data, 5, self._schema_by_id(schema_id), reader.fast)
         raise DecodeError(f"unknown value encoding (first byte 0x{data[0]:02x})")
 
     def decode_any(self, data: bytes | None) -> dict[str, Any]:
@@ -120,7 +120,7 @@ class AvroCodec:
             writer = self.schemas.by_fingerprint(data[2:10])
             if writer is None:
                 raise DecodeError(f"unknown schema fingerprint {data[2:10].hex()}")
-            return self._read(data, 10, writer.parsed, None)
+            return self._read(data, 10, writer.fast, None)
         if data[0] == _CONFLUENT_MAGIC:
             schema_id = struct.unpack_from(">I", data, 1)[0]
             return self._read(data, 5, self._schema_by_id(schema_id), None)
@@ -156,6 +156,6 @@ class AvroCodec:
             raise TransientError(f"schema registry lookup of id {schema_id} failed: {e}") from e
         except Exception as e:  # connection refused, timeouts: the registry is away
             raise TransientError(f"schema registry lookup of id {schema_id} failed: {e}") from e
-        parsed = parse_schema(json.loads(schema.schema_str), _write_hint=False)
+        parsed = parse_schema(strip_logical_types(json.loads(schema.schema_str)), _write_hint=False)
         self._by_id[schema_id] = parsed
         return parsed

@@ -20,6 +20,7 @@ __all__ = [
     "TYPE_RAW_READINGS",
     "TYPE_TAG",
     "Envelope",
+    "ce_headers",
     "micros_to_rfc3339",
     "now_micros",
     "rfc3339_to_micros",
@@ -39,9 +40,49 @@ def now_micros() -> int:
     return time.time_ns() // 1000
 
 
+_last_second: list[tuple[int, str]] = [(-1, "")]
+
+
 def micros_to_rfc3339(us: int) -> str:
     sec, frac = divmod(us, 1_000_000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)) + f".{frac:06d}Z"
+    cached_sec, prefix = _last_second[0]
+    if sec != cached_sec:  # events come in bursts within the same second
+        prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+        _last_second[0] = (sec, prefix)
+    return f"{prefix}.{frac:06d}Z"
+
+
+def ce_headers(
+    id: str,
+    source: str,
+    type: str,
+    tenant: str,
+    time: str,
+    subject: str | None = None,
+    dataschema: str | None = None,
+    correlationid: str | None = None,
+    causationid: str | None = None,
+    content_type: str = AVRO_CONTENT_TYPE,
+) -> list[tuple[str, str]]:
+    """CloudEvents binary-mode Kafka headers (what `Envelope.headers()` returns, without the object)."""
+    h = [
+        ("ce_specversion", SPECVERSION),
+        ("ce_id", id),
+        ("ce_source", source),
+        ("ce_type", type),
+        ("ce_time", time),
+        ("ce_tenant", tenant),
+        ("content-type", content_type),
+    ]
+    if subject is not None:
+        h.append(("ce_subject", subject))
+    if dataschema is not None:
+        h.append(("ce_dataschema", dataschema))
+    if correlationid is not None:
+        h.append(("ce_correlationid", correlationid))
+    if causationid is not None:
+        h.append(("ce_causationid", causationid))
+    return h
 
 
 def rfc3339_to_micros(s: str) -> int:
@@ -88,24 +129,18 @@ class Envelope:
         return replace(self, **kw)  # type: ignore[arg-type]
 
     def headers(self) -> list[tuple[str, str]]:
-        h = [
-            ("ce_specversion", SPECVERSION),
-            ("ce_id", self.id),
-            ("ce_source", self.source),
-            ("ce_type", self.type),
-            ("ce_time", self.time),
-            ("ce_tenant", self.tenant),
-            ("content-type", self.content_type),
-        ]
-        if self.subject is not None:
-            h.append(("ce_subject", self.subject))
-        if self.dataschema is not None:
-            h.append(("ce_dataschema", self.dataschema))
-        if self.correlationid is not None:
-            h.append(("ce_correlationid", self.correlationid))
-        if self.causationid is not None:
-            h.append(("ce_causationid", self.causationid))
-        return h
+        return ce_headers(
+            self.id,
+            self.source,
+            self.type,
+            self.tenant,
+            self.time,
+            self.subject,
+            self.dataschema,
+            self.correlationid,
+            self.causationid,
+            self.content_type,
+        )
 
     @classmethod
     def from_headers(cls, headers: Iterable[tuple[str, bytes | str | None]] | None) -> Envelope:

@@ -9,12 +9,13 @@ makes the same output id, which is what makes downstream idempotency work.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import threading
 import time
 
-__all__ = ["derive_uuid7", "format_uuid", "uuid7", "uuid7_batch", "uuid7_millis"]
+__all__ = ["derive_uuid7", "format_uuid", "uuid7", "uuid7_batch", "uuid7_block", "uuid7_millis", "uuid7_seq"]
 
 _VER_VAR = (0x7 << 76) | (0x2 << 62)
 _RAND_A_SHIFT = 64
@@ -61,12 +62,26 @@ def uuid7_batch(count: int) -> list[str]:
     """`count` ids in increasing order, for one lock acquisition."""
     if count <= 0:
         return []
-    ms, c = _next_block(count)
-    base = (ms << 80) | _VER_VAR
-    out = []
-    for k in range(c, c + count):
-        out.append(format_uuid(base | ((k >> 62) << _RAND_A_SHIFT) | (k & 0x3FFF_FFFF_FFFF_FFFF)))
-    return out
+    return uuid7_seq(uuid7_block(count), count)
+
+
+def uuid7_block(count: int) -> str:
+    """Reserve `count` consecutive ids and return the first; the rest follow by `uuid7_seq`."""
+    ms, c = _next_block(max(1, count))
+    return format_uuid(_pack(ms, c))
+
+
+def uuid7_seq(first: str, count: int) -> list[str]:
+    """The `count` ids of a block starting at `first` (same millisecond, counter + i)."""
+    n = int(first.replace("-", ""), 16)
+    counter = (((n >> _RAND_A_SHIFT) & 0xFFF) << 62) | (n & 0x3FFF_FFFF_FFFF_FFFF)
+    if counter + count - 1 > _COUNTER_MAX:
+        raise ValueError(f"a block of {count} ids from {first} overflows the UUIDv7 counter")
+    base = (n >> 80 << 80) | _VER_VAR
+    return [
+        format_uuid(base | ((k >> 62) << _RAND_A_SHIFT) | (k & 0x3FFF_FFFF_FFFF_FFFF))
+        for k in range(counter, counter + count)
+    ]
 
 
 def uuid7_millis(u: str) -> int:
@@ -74,8 +89,12 @@ def uuid7_millis(u: str) -> int:
     return int(u.replace("-", "")[:12], 16)
 
 
+@functools.cache
+def _mask(salt: str) -> int:
+    return int.from_bytes(hashlib.blake2b(salt.encode(), digest_size=6).digest()) or 1
+
+
 def derive_uuid7(parent: str, salt: str = "") -> str:
-    """A UUIDv7 with `parent`'s millisecond and random bits from a hash of (parent, salt)."""
-    digest = hashlib.blake2b(f"{parent}/{salt}".encode(), digest_size=10).digest()
-    counter = int.from_bytes(digest) >> (80 - _COUNTER_BITS)
-    return format_uuid(_pack(uuid7_millis(parent), counter))
+    """A UUIDv7 for `parent` in another role (`salt`): same millisecond and version bits,
+    the low 48 bits XORed with a mask made from `salt`. Distinct parents give distinct ids."""
+    return f"{parent[:24]}{int(parent[24:], 16) ^ _mask(salt):012x}"

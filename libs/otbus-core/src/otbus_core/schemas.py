@@ -14,7 +14,7 @@ from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 from otbus_core.exceptions import ConfigError
 
-__all__ = ["AvroSchema", "SchemaCatalog", "catalog", "schemas_root"]
+__all__ = ["AvroSchema", "SchemaCatalog", "catalog", "schemas_root", "strip_logical_types"]
 
 RAW_READING_BATCH = "raw_reading_batch"
 TAG_RECORD = "tag_record"
@@ -41,7 +41,8 @@ class AvroSchema:
     version: int
     full_name: str  # e.g. "otbus.ot.tags.TagRecord"
     source: str  # the .avsc text as written
-    parsed: Any  # fastavro parsed schema
+    parsed: Any  # fastavro parsed schema, as written (logical types included)
+    fast: Any  # the same without logical type annotations: ints and strings, no conversions
     fingerprint: bytes  # CRC-64-AVRO of the parsing canonical form, little-endian
 
     @property
@@ -74,7 +75,8 @@ class SchemaCatalog:
         fp = bytes.fromhex(fingerprint(canonical, "CRC-64-AVRO"))
         version = int(path.stem.removeprefix("v"))
         full_name = f"{doc['namespace']}.{doc['name']}"
-        return AvroSchema(path.parent.name, version, full_name, text, parsed, fp)
+        fast = parse_schema(strip_logical_types(doc), _write_hint=False)
+        return AvroSchema(path.parent.name, version, full_name, text, parsed, fast, fp)
 
     def latest(self, key: str) -> AvroSchema:
         try:
@@ -90,6 +92,30 @@ class SchemaCatalog:
 
     def keys(self) -> list[str]:
         return sorted(self._by_key)
+
+
+def strip_logical_types(schema: Any) -> Any:
+    """The schema without `logicalType` annotations.
+
+    Logical types do not change the binary encoding (and the parsing canonical form, hence
+    the fingerprint, leaves them out), so our services read and write with this version:
+    timestamps stay integer microseconds and UUIDs stay strings, with no conversion per field.
+    Consumers that want datetimes and UUID objects read with the schema as published.
+    """
+    if isinstance(schema, list):
+        return [strip_logical_types(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    if "logicalType" in schema and schema.get("type") in ("int", "long", "string", "bytes", "fixed"):
+        base = {k: v for k, v in schema.items() if k != "logicalType"}
+        return base["type"] if set(base) == {"type"} else base
+    out = dict(schema)
+    if "fields" in out:
+        out["fields"] = [{**f, "type": strip_logical_types(f["type"])} for f in out["fields"]]
+    for key in ("items", "values", "type"):
+        if key in out and isinstance(out[key], dict | list):
+            out[key] = strip_logical_types(out[key])
+    return out
 
 
 @cache

@@ -9,7 +9,7 @@ from typing import Any
 from otbus_core.codec import AvroCodec
 from otbus_core.dlq import encode_dead_letter
 from otbus_core.envelope import TYPE_RAW_READINGS, Envelope, now_micros
-from otbus_core.ids import uuid7_batch
+from otbus_core.ids import uuid7_block
 from otbus_core.records import DeadLetter, OutRecord
 from otbus_core.schemas import RAW_READING_BATCH
 from otbus_core.topics import raw_topic
@@ -40,28 +40,10 @@ class RawPublisher:
     def records(self, tenant: str, source_id: str, events: Sequence[Any], correlation_id: str) -> list[OutRecord]:
         topic, prefix, uri = self._target(tenant)
         received = now_micros()
-        ids = uuid7_batch(len(events))
         context = dict(self.contexts.get(source_id, {}))
         out = []
         for start in range(0, len(events), self.chunk):
-            readings = []
-            for k in range(start, min(start + self.chunk, len(events))):
-                ev = events[k]
-                provider = ev.tagProvider
-                readings.append(
-                    {
-                        "id": ids[k],
-                        "tag": ev.tagPath,
-                        "value": ev.value,
-                        "data_type": ev.dataType,
-                        "quality": ev.quality,
-                        "quality_code": ev.qualityCode,
-                        "source_time": timestamp_micros(ev.timestamp),
-                        "received_time": received,
-                        "unit": None,
-                        "attributes": {"tagProvider": provider} if provider else {},
-                    }
-                )
+            chunk = events[start : start + self.chunk]
             env = Envelope.new(
                 source=f"/otbus/{PROTOCOL}/{source_id}",
                 type=TYPE_RAW_READINGS,
@@ -71,7 +53,19 @@ class RawPublisher:
                 dataschema=uri,
                 correlationid=correlation_id,
             )
-            batch = {"source_id": source_id, "protocol": PROTOCOL, "context": context, "readings": readings}
+            batch = {
+                "source_id": source_id,
+                "protocol": PROTOCOL,
+                "context": context,
+                "first_id": uuid7_block(len(chunk)),
+                "received_time": received,
+                "tags": [_tag(ev.tagPath, ev.tagProvider) for ev in chunk],
+                "values": [ev.value for ev in chunk],
+                "data_types": [ev.dataType or "" for ev in chunk],
+                "qualities": [ev.quality or "" for ev in chunk],
+                "quality_codes": [ev.qualityCode for ev in chunk],
+                "source_times": [timestamp_micros(ev.timestamp) for ev in chunk],
+            }
             out.append(OutRecord(topic, self.codec.encode_with(prefix, self._schema, batch), source_id, env.headers()))
         return out
 
@@ -108,6 +102,13 @@ class RawPublisher:
                 causation_id=correlation_id,
             ),
         )
+
+
+def _tag(path: str, provider: str | None) -> str:
+    """Ignition's full tag path: `[provider]path` (kept as is when the path already names one)."""
+    if provider and not path.startswith("["):
+        return f"[{provider}]{path}"
+    return path
 
 
 def _item_bytes(item: Any) -> bytes:

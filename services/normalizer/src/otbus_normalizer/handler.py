@@ -8,13 +8,13 @@ from confluent_kafka import Message
 
 from otbus_core.codec import AvroCodec
 from otbus_core.dlq import dead_letter_from_message
-from otbus_core.envelope import TYPE_TAG, Envelope, micros_to_rfc3339
+from otbus_core.envelope import TYPE_TAG, Envelope, ce_headers, micros_to_rfc3339
 from otbus_core.exceptions import DecodeError, InvalidTenant, PoisonRecord
 from otbus_core.kafka import headers_of, position
 from otbus_core.records import Outcome, OutRecord
 from otbus_core.schemas import RAW_READING_BATCH, TAG_RECORD
 from otbus_core.topics import tags_topic, tenant_of_topic
-from otbus_normalizer.mapping import TagMapper
+from otbus_normalizer.mapping import TagMapper, columns
 
 __all__ = ["STAGE", "NormalizerHandler"]
 
@@ -53,35 +53,41 @@ class NormalizerHandler:
 
     def _map_batch(self, msg: Message, tenant: str, env: Envelope, batch: dict[str, Any], out: Outcome) -> None:
         topic, prefix, uri = self._target(tenant)
-        ctx = self.mapper.context_for(batch["source_id"], batch["context"])
-        source = f"/otbus/{batch['protocol']}/{batch['source_id']}"
+        source_id, protocol = batch["source_id"], batch["protocol"]
+        ctx = self.mapper.context_for(source_id, batch["context"])
+        source = f"/otbus/{protocol}/{source_id}"
         correlation = env.correlationid or env.id
         encode = self.codec.encode_with
         schema = self._tag_schema
-        for i, reading in enumerate(batch["readings"]):
+        try:
+            readings = columns(batch)
+        except PoisonRecord as e:
+            out.dead.append(dead_letter_from_message(msg, stage=STAGE, reason=e.reason, error_type="PoisonRecord"))
+            return
+        for i, reading in enumerate(readings):
             try:
-                rec = self.mapper.to_tag(tenant, batch, ctx, reading)
+                rec = self.mapper.to_tag(tenant, source_id, protocol, ctx, reading)
             except PoisonRecord as e:
                 out.dead.append(
                     dead_letter_from_message(
                         msg,
                         stage=STAGE,
-                        reason=f"reading {i} ({reading.get('tag')!r:.120}): {e.reason}",
+                        reason=f"reading {i} ({reading.tag!r:.120}): {e.reason}",
                         error_type="PoisonRecord",
                         item_index=i,
-                        source_id=batch["source_id"],
+                        source_id=source_id,
                     )
                 )
                 continue
-            headers = Envelope(
-                id=rec["event_id"],
-                source=source,
-                type=TYPE_TAG,
-                tenant=tenant,
-                time=micros_to_rfc3339(rec["source_time"]),
-                subject=rec["path"],
-                dataschema=uri,
-                correlationid=correlation,
-                causationid=rec["raw_event_id"],
-            ).headers()
+            headers = ce_headers(
+                rec["event_id"],
+                source,
+                TYPE_TAG,
+                tenant,
+                micros_to_rfc3339(rec["source_time"]),
+                rec["path"],
+                uri,
+                correlation,
+                rec["raw_event_id"],
+            )
             out.outputs.append(OutRecord(topic, encode(prefix, schema, rec), rec["path"], headers))

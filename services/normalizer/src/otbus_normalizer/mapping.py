@@ -2,23 +2,31 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import string
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass, field
 from typing import Any
 
 from otbus_core.exceptions import ConfigError, PoisonRecord
-from otbus_core.ids import derive_uuid7
+from otbus_core.ids import derive_uuid7, uuid7_seq
 from otbus_normalizer.quality import BAD, map_quality
 
-__all__ = ["CONTEXT_KEYS", "PathTemplate", "TagMapper", "coerce_value", "signal_type_of", "split_tag"]
+__all__ = [
+    "CONTEXT_KEYS",
+    "PathTemplate",
+    "Reading",
+    "TagMapper",
+    "coerce_value",
+    "columns",
+    "signal_type_of",
+    "split_tag",
+]
 
 CONTEXT_KEYS = ("site", "area", "line", "equipment")
 TEMPLATE_FIELDS = frozenset({*CONTEXT_KEYS, "signal_type", "tag_name", "source_id", "protocol"})
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICRO = timedelta(microseconds=1)
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.\-]+")
 _PROVIDER = re.compile(r"^\[[^\]]*\]")
 _OPCUA_NODE = re.compile(r"^(?:ns=\d+;)?[isgb]=")
@@ -87,13 +95,20 @@ def split_tag(tag: str) -> list[str]:
 def signal_type_of(parts: list[str], declared: str | None) -> str:
     if declared:
         return _safe(declared).lower()
-    name = parts[-1].lower()
-    for signal, words in _KEYWORDS:
-        if any(w in name for w in words):
-            return signal
+    signal = _signal_of_name(parts[-1].lower())
+    if signal is not None:
+        return signal
     if len(parts) > 1:
         return _safe(parts[-2]).lower()
     return "value"
+
+
+@functools.lru_cache(maxsize=65_536)
+def _signal_of_name(name: str) -> str | None:
+    for signal, words in _KEYWORDS:
+        if any(w in name for w in words):
+            return signal
+    return None
 
 
 def coerce_value(value: Any, declared: str | None) -> tuple[Any, str]:
@@ -144,10 +159,6 @@ def coerce_value(value: Any, declared: str | None) -> tuple[Any, str]:
     raise PoisonRecord(f"value {value!r:.80} does not fit declared data_type {declared!r}")
 
 
-def micros(dt: datetime) -> int:
-    return (dt - _EPOCH) // _MICRO
-
-
 class TagMapper:
     """Builds tag records; context = defaults < the adapter's batch context < per-source config."""
 
@@ -160,6 +171,7 @@ class TagMapper:
         self.template = template
         self.default_context = {k: default_context.get(k, "unknown") for k in CONTEXT_KEYS}
         self.source_context = source_context
+        self._paths: dict[tuple[str | None, ...], tuple[str, str, str]] = {}
 
     def context_for(self, source_id: str, batch_context: Mapping[str, str]) -> dict[str, str]:
         ctx = dict(self.default_context)
@@ -170,36 +182,35 @@ class TagMapper:
                     ctx[k] = _safe(v)
         return ctx
 
-    def to_tag(
-        self, tenant: str, batch: Mapping[str, Any], ctx: Mapping[str, str], r: Mapping[str, Any]
-    ) -> dict[str, Any]:
-        tag = r["tag"]
+    def _naming(
+        self, source_id: str, protocol: str, ctx: Mapping[str, str], tag: str, declared: str | None
+    ) -> tuple[str, str, str]:
+        """(path, signal_type, tag_name) of a tag: the same for every reading of it, so cached."""
+        parts = split_tag(tag)
+        tag_name = _safe(parts[-1])
+        signal_type = signal_type_of(parts, declared)
+        fields = {**ctx, "signal_type": signal_type, "tag_name": tag_name}
+        path = self.template.render({**fields, "source_id": _safe(source_id), "protocol": protocol})
+        return path, signal_type, tag_name
+
+    def to_tag(self, tenant: str, source_id: str, protocol: str, ctx: Mapping[str, str], r: Reading) -> dict[str, Any]:
+        tag = r.tag
         if not tag or not tag.strip():
             raise PoisonRecord("reading has an empty tag")
-        protocol = batch["protocol"]
-        source_id = batch["source_id"]
-        value, data_type = coerce_value(r["value"], r["data_type"])
-        quality = map_quality(protocol, r["quality"], r["quality_code"])
-        if isinstance(value, float) and not math.isfinite(value):
+        value, data_type = coerce_value(r.value, r.data_type or None)
+        quality = map_quality(protocol, r.quality or None, r.quality_code)
+        if value.__class__ is float and not math.isfinite(value):
             value, quality = None, BAD  # NaN/Inf carry no value; JSON and SQL cannot hold them
-        parts = split_tag(tag)
-        attrs = r["attributes"]
-        tag_name = _safe(parts[-1])
-        signal_type = signal_type_of(parts, attrs.get("signal_type"))
-        path = self.template.render(
-            {
-                **ctx,
-                "signal_type": signal_type,
-                "tag_name": tag_name,
-                "source_id": _safe(source_id),
-                "protocol": protocol,
-            }
-        )
-        raw_id = str(r["id"])  # fastavro reads the uuid logical type as uuid.UUID
-        received = micros(r["received_time"])
-        src = r["source_time"]
+        key = (source_id, protocol, tag, r.attributes.get("signal_type"), *ctx.values())
+        naming = self._paths.get(key)
+        if naming is None:
+            naming = self._naming(source_id, protocol, ctx, tag, r.attributes.get("signal_type"))
+            if len(self._paths) >= _PATH_CACHE:
+                self._paths.clear()
+            self._paths[key] = naming
+        path, signal_type, tag_name = naming
         return {
-            "event_id": derive_uuid7(raw_id, "tag"),
+            "event_id": derive_uuid7(r.id, "tag"),
             "tenant": tenant,
             "path": path,
             "site": ctx["site"],
@@ -210,13 +221,61 @@ class TagMapper:
             "tag_name": tag_name,
             "value": value,
             "data_type": data_type,
-            "unit": r["unit"] or attrs.get("unit"),
+            "unit": r.unit or r.attributes.get("unit"),
             "quality": quality,
-            "quality_code": r["quality_code"],
-            "source_time": micros(src) if src is not None else received,
-            "ingest_time": received,
+            "quality_code": r.quality_code,
+            "source_time": r.source_time if r.source_time is not None else r.received_time,
+            "ingest_time": r.received_time,
             "source_id": source_id,
             "protocol": protocol,
             "source_tag": tag,
-            "raw_event_id": raw_id,
+            "raw_event_id": r.id,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One reading of a raw batch (row i of its columns)."""
+
+    id: str
+    tag: str
+    value: Any
+    data_type: str
+    quality: str
+    quality_code: int | None
+    source_time: int | None
+    received_time: int
+    unit: str = ""
+    attributes: Mapping[str, str] = field(default_factory=dict)
+
+
+_NO_ATTRS: Mapping[str, str] = {}
+_PATH_CACHE = 200_000  # distinct tags remembered per normalizer before the cache starts over
+
+
+def columns(batch: Mapping[str, Any]) -> list[Reading]:
+    """The readings of a raw batch; a batch whose columns disagree in length is poison."""
+    tags = batch["tags"]
+    n = len(tags)
+    cols = [batch[k] for k in ("values", "data_types", "qualities", "quality_codes", "source_times")]
+    units, attrs = batch["units"], batch["attributes"]
+    if any(len(c) != n for c in cols) or len(units) not in (0, n) or len(attrs) not in (0, n):
+        raise PoisonRecord(f"raw batch columns have different lengths (tags: {n})")
+    ids = uuid7_seq(batch["first_id"], n) if n else []
+    received = batch["received_time"]
+    values, data_types, qualities, codes, times = cols
+    return [
+        Reading(
+            ids[i],
+            tags[i],
+            values[i],
+            data_types[i],
+            qualities[i],
+            codes[i],
+            times[i],
+            received,
+            units[i] if units else "",
+            attrs[i] if attrs else _NO_ATTRS,
+        )
+        for i in range(n)
+    ]

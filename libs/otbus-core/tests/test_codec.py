@@ -136,3 +136,28 @@ def _minimal(schema: dict) -> dict:
         else:
             out[f["name"]] = None
     return out
+
+
+def test_fast_encoding_is_byte_identical_and_strangers_get_logical_types() -> None:
+    """We write without logical-type conversions; the bytes are what the published schema writes."""
+    import datetime
+    import uuid
+
+    codec = AvroCodec()
+    schema = codec.schemas.latest("tag_record")
+    ours = codec.encode("tag_record", TAG, "acme.ot.tags.v1")
+    as_published = {
+        **TAG,
+        "event_id": uuid.UUID(TAG["event_id"]),
+        "raw_event_id": uuid.UUID(TAG["raw_event_id"]),
+        "source_time": datetime.datetime.fromtimestamp(TAG["source_time"] / 1e6, tz=datetime.UTC),
+        "ingest_time": datetime.datetime.fromtimestamp(TAG["ingest_time"] / 1e6, tz=datetime.UTC),
+    }
+    buf = io.BytesIO()
+    fastavro.schemaless_writer(buf, schema.parsed, as_published)
+    assert ours[10:] == buf.getvalue()
+    theirs = stranger_decode(ours)
+    assert isinstance(theirs["source_time"], datetime.datetime) and theirs["source_time"].tzinfo is not None
+    assert theirs["source_time"].timestamp() * 1_000_000 == pytest.approx(TAG["source_time"])
+    back = codec.decode(ours, "tag_record")
+    assert back["source_time"] == TAG["source_time"] and back["event_id"] == TAG["event_id"]

@@ -2,7 +2,8 @@
 -- Every event the store consumes, with its CloudEvents envelope, its payload as JSONB
 -- and where it came from in Kafka. Partitioned by event time (daily partitions are
 -- created ahead by the event-store service; a DEFAULT partition catches the rest).
--- Idempotent by event id: (event_id, time) is the key, and a redelivered event has both.
+-- Idempotent by event id: (tenant, event_id, time) is the key, and a redelivered event has
+-- all three (the tenant is in the key so that no tenant can claim another one's event ids).
 
 CREATE TABLE IF NOT EXISTS otbus_events (
     event_id        uuid        NOT NULL,
@@ -20,7 +21,7 @@ CREATE TABLE IF NOT EXISTS otbus_events (
     "partition"     integer     NOT NULL,
     "offset"        bigint      NOT NULL,
     stored_at       timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (event_id, time)
+    PRIMARY KEY (tenant, event_id, time)
 ) PARTITION BY RANGE (time);
 
 CREATE TABLE IF NOT EXISTS otbus_events_default PARTITION OF otbus_events DEFAULT;
@@ -50,16 +51,27 @@ DROP POLICY IF EXISTS otbus_tenant_isolation ON otbus_events;
 CREATE POLICY otbus_tenant_isolation ON otbus_events FOR SELECT TO otbus_query
     USING (tenant = current_setting('otbus.tenant', true));
 
--- Creates the daily partition holding `day` if it does not exist yet.
+-- Creates the daily partition holding `day` if it does not exist yet. Rows of that day
+-- already in the DEFAULT partition (late or early events) are moved into it, so a day's
+-- partition can always be created.
 CREATE OR REPLACE FUNCTION otbus_ensure_partition(day date) RETURNS text
 LANGUAGE plpgsql AS $$
 DECLARE
     name text := format('otbus_events_p%s', to_char(day, 'YYYYMMDD'));
+    lo timestamptz := day::timestamp AT TIME ZONE 'UTC';
+    hi timestamptz := (day + 1)::timestamp AT TIME ZONE 'UTC';
 BEGIN
-    IF to_regclass(name) IS NULL THEN
+    IF to_regclass(name) IS NOT NULL THEN
+        RETURN name;
+    END IF;
+    IF EXISTS (SELECT 1 FROM otbus_events_default WHERE time >= lo AND time < hi) THEN
+        EXECUTE format('CREATE TABLE %I (LIKE otbus_events INCLUDING DEFAULTS)', name);
         EXECUTE format(
-            'CREATE TABLE %I PARTITION OF otbus_events FOR VALUES FROM (%L) TO (%L)',
-            name, day::timestamp AT TIME ZONE 'UTC', (day + 1)::timestamp AT TIME ZONE 'UTC');
+            'WITH moved AS (DELETE FROM otbus_events_default WHERE time >= %L AND time < %L RETURNING *)'
+            ' INSERT INTO %I SELECT * FROM moved', lo, hi, name);
+        EXECUTE format('ALTER TABLE otbus_events ATTACH PARTITION %I FOR VALUES FROM (%L) TO (%L)', name, lo, hi);
+    ELSE
+        EXECUTE format('CREATE TABLE %I PARTITION OF otbus_events FOR VALUES FROM (%L) TO (%L)', name, lo, hi);
     END IF;
     RETURN name;
 END

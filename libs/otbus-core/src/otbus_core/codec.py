@@ -45,6 +45,7 @@ class AvroCodec:
 
             self._registry = SchemaRegistryClient({"url": schema_registry_url, **(registry_config or {})})
         self._ids: dict[tuple[str, str], int] = {}  # (subject, key) -> id
+        self._headers: dict[tuple[str, str], tuple[bytes, str]] = {}
         self._by_id: dict[int, Any] = {}
         self._lock = threading.Lock()
 
@@ -62,12 +63,18 @@ class AvroCodec:
     # -- encoding ---------------------------------------------------------
 
     def header(self, key: str, topic: str) -> tuple[bytes, str]:
-        """The value prefix for records of schema `key` on `topic`, and its dataschema URI."""
+        """The value prefix for records of schema `key` on `topic`, and its dataschema URI (cached)."""
+        cached = self._headers.get((key, topic))
+        if cached is not None:
+            return cached
         schema = self.schemas.latest(key)
         if self._registry is None:
-            return _SINGLE_OBJECT_MAGIC + schema.fingerprint, schema.uri
-        schema_id = self._registered_id(schema, f"{topic}-value")
-        return struct.pack(">bI", _CONFLUENT_MAGIC, schema_id), (f"{self.registry_url}/schemas/ids/{schema_id}")
+            made = (_SINGLE_OBJECT_MAGIC + schema.fingerprint, schema.uri)
+        else:
+            schema_id = self._registered_id(schema, f"{topic}-value")
+            made = (struct.pack(">bI", _CONFLUENT_MAGIC, schema_id), f"{self.registry_url}/schemas/ids/{schema_id}")
+        self._headers[(key, topic)] = made
+        return made
 
     def encode(self, key: str, record: dict[str, Any], topic: str) -> bytes:
         prefix, _ = self.header(key, topic)

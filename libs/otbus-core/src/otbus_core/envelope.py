@@ -11,9 +11,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
+from confluent_kafka import Message
+
 from otbus_core.codec import AVRO_CONTENT_TYPE
 from otbus_core.exceptions import DecodeError
 from otbus_core.ids import uuid7
+from otbus_core.kafka import headers_of, position
+from otbus_core.topics import tenant_of_topic
 
 __all__ = [
     "TYPE_DEAD_LETTER",
@@ -21,6 +25,7 @@ __all__ = [
     "TYPE_TAG",
     "Envelope",
     "ce_headers",
+    "envelope_of",
     "micros_to_rfc3339",
     "now_micros",
     "rfc3339_to_micros",
@@ -146,8 +151,12 @@ class Envelope:
     def from_headers(cls, headers: Iterable[tuple[str, bytes | str | None]] | None) -> Envelope:
         h: dict[str, str] = {}
         for k, v in headers or ():
-            if v is not None:
+            if v is None or not (k.startswith("ce_") or k == "content-type"):
+                continue
+            try:
                 h[k] = v.decode() if isinstance(v, bytes) else v
+            except UnicodeDecodeError:
+                raise DecodeError(f"header {k} is not UTF-8") from None
         missing = [k for k in _REQUIRED if k not in h]
         if missing:
             raise DecodeError(f"CloudEvents header(s) missing: {', '.join(missing)}")
@@ -165,3 +174,16 @@ class Envelope:
             correlationid=h.get("ce_correlationid"),
             causationid=h.get("ce_causationid"),
         )
+
+
+def envelope_of(msg: Message) -> tuple[str, Envelope]:
+    """The tenant (from the topic name) and the envelope of a consumed message.
+
+    Raises DecodeError when the headers are missing or unreadable, or when `ce_tenant`
+    claims another tenant than the topic the message is on.
+    """
+    tenant = tenant_of_topic(position(msg)[0])
+    env = Envelope.from_headers(headers_of(msg))
+    if env.tenant != tenant:
+        raise DecodeError(f"ce_tenant {env.tenant!r} does not match the topic's tenant {tenant!r}")
+    return tenant, env

@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = [
     "ConfigError",
     "DecodeError",
+    "FatalError",
     "InvalidTenant",
     "OtbusError",
     "PoisonRecord",
@@ -31,10 +32,13 @@ class DecodeError(OtbusError):
 class PoisonRecord(OtbusError):
     """A record that can never be processed; it goes to the DLQ with this reason."""
 
-    def __init__(self, reason: str, *, item_index: int | None = None) -> None:
+    def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
-        self.item_index = item_index
+
+
+class FatalError(OtbusError):
+    """A state no retry gets out of; the process should exit and be restarted."""
 
 
 class TransientError(OtbusError):

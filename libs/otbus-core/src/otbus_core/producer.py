@@ -61,6 +61,8 @@ class Producer:
         self.delivered = 0
         self.failed = 0
         self.last_error: KafkaError | None = None
+        self.fatal: KafkaError | None = None
+        self._last_error_log = 0.0
         self._poller: threading.Thread | None = None
         self._stop = threading.Event()
 
@@ -72,11 +74,16 @@ class Producer:
         if err is None:
             self.delivered += 1
             self.sensor.on_delivery(True)
-        else:
-            self.failed += 1
-            self.last_error = err
-            self.sensor.on_delivery(False)
-            log.error("delivery to %s failed: %s", msg.topic(), err)
+            return
+        self.failed += 1
+        self.last_error = err
+        self.sensor.on_delivery(False)
+        if err.fatal():
+            self.fatal = err
+        now = time.monotonic()
+        if now - self._last_error_log > 5:  # an outage fails thousands at once: one line every 5 s
+            log.error("delivery to %s failed: %s (%d failed so far)", msg.topic(), err, self.failed)
+            self._last_error_log = now
 
     def produce(
         self,
@@ -94,6 +101,8 @@ class Producer:
             except BufferError:
                 self._p.poll(0.05)
             except KafkaException as e:
+                if e.args and e.args[0].fatal():
+                    raise
                 raise TransientError(f"produce to {topic} failed: {e}") from e
 
     def produce_async(
@@ -130,7 +139,14 @@ class Producer:
             fut.set_result(None)
             return fut
         for topic, value, key, headers in records:
-            self.produce(topic, value, key, headers, on_delivery=cb)
+            try:  # never wait on the event loop: a full local queue is an answer, not a pause
+                self._p.produce(topic, value, key, headers=list(headers or ()), on_delivery=cb)
+            except BufferError:
+                raise TransientError("the producer's local queue is full (Kafka slow or away)") from None
+            except KafkaException as e:
+                if e.args and e.args[0].fatal():
+                    raise
+                raise TransientError(f"produce to {topic} failed: {e}") from e
         self.sensor.on_produced(len(records))
         return fut
 
@@ -145,16 +161,13 @@ class Producer:
         self._poller = threading.Thread(target=loop, name="kafka-producer-poll", daemon=True)
         self._poller.start()
 
-    def poll(self, timeout: float = 0) -> int:
-        return int(self._p.poll(timeout))
-
     def flush(self, timeout: float = 30.0) -> int:
         """Wait for outstanding deliveries; returns how many are still in flight."""
-        deadline = time.monotonic() + timeout
-        remaining = int(self._p.flush(timeout))
-        while remaining and time.monotonic() < deadline:
-            remaining = int(self._p.flush(max(0.0, deadline - time.monotonic())))
-        return remaining
+        return int(self._p.flush(timeout))
+
+    def check_ready(self) -> None:
+        if self.fatal is not None:
+            raise RuntimeError(f"the producer hit a fatal error and must be restarted: {self.fatal}")
 
     def __len__(self) -> int:
         return len(self._p)

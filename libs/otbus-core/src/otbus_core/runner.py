@@ -11,6 +11,14 @@ returns an `Outcome` (records to produce, records to dead-letter). Two modes:
   then commits the offsets. A redelivered batch must therefore be harmless (the sinks
   are idempotent by event id).
 
+A batch that fails is not held in memory and retried in place: its partitions are
+rewound to the batch's first offsets and paused for a backoff (with jitter), and the
+consumer keeps polling, so it stays in its group and other partitions keep moving.
+Failures are sorted: transient ones (broker or database away) are retried for as
+long as it takes; anything else is retried a few times and then the batch is taken
+apart message by message, and the message that fails goes to the DLQ with the error
+as its reason, so one poison record never stops a partition.
+
 Offsets are committed synchronously after every batch, so a rebalance never finds
 uncommitted work, and SIGTERM finishes the batch in hand, commits and closes.
 """
@@ -29,13 +37,14 @@ from typing import Any, Protocol
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from otbus_core.codec import AvroCodec
-from otbus_core.dlq import encode_dead_letter
-from otbus_core.exceptions import TransientError
-from otbus_core.kafka import base_config, position
+from otbus_core.dlq import dead_letter_from_message, encode_dead_letter
+from otbus_core.exceptions import FatalError, TransientError
+from otbus_core.kafka import admin_client, base_config, position
 from otbus_core.metrics import NullSensor, Sensor
 from otbus_core.producer import Producer
-from otbus_core.records import Outcome
+from otbus_core.records import Outcome, OutRecord
 from otbus_core.settings import OtbusSettings
+from otbus_core.topics import TopicProvisioner
 
 __all__ = ["BatchHandler", "ConsumerRunner", "RunnerConfig"]
 
@@ -58,7 +67,15 @@ class RunnerConfig:
     session_timeout_ms: int = 15_000
     backoff_initial: float = 0.2
     backoff_max: float = 10.0
+    isolate_after: int = 3
+    """Failed attempts (not transient) after which a batch is processed message by message."""
+    unready_after: float = 30.0
+    """Seconds of failing batches after which the runner reports itself not ready."""
     consumer_overrides: dict[str, Any] = field(default_factory=dict)
+
+
+class _Retry(Exception):
+    """A batch (or the rest of one) is to be consumed again after a backoff."""
 
 
 class ConsumerRunner:
@@ -78,18 +95,27 @@ class ConsumerRunner:
         self.sensor = sensor or NullSensor()
         self._stop = threading.Event()
         self.last_loop = time.monotonic()
-        self.last_commit: float | None = None
         self.failing_since: float | None = None
+        self.last_error: str | None = None
         self.committed: dict[tuple[str, int], int] = {}
         self.lag_interval = 2.0
         self._lag_at = 0.0
         self._lag_snapshot: list[dict[str, Any]] = []
+        self._attempts: dict[tuple[str, int, int], int] = {}
+        self._paused: list[TopicPartition] = []
+        self._resume_at = 0.0
         txn_id = f"{config.group_id}-{config.instance_id}" if config.transactional else None
         self.producer = Producer(
             settings,
             transactional_id=txn_id,
             sensor=self.sensor,
-            **({"linger.ms": 2} if config.transactional else {}),
+            **{"delivery.report.only.error": True, **({"linger.ms": 2} if config.transactional else {})},
+        )
+        self.topics = TopicProvisioner(
+            admin_client(settings),
+            partitions=settings.topic_partitions,
+            replication_factor=settings.topic_replication_factor,
+            retention_ms=settings.topic_retention_ms,
         )
 
     # -- lifecycle ----------------------------------------------------------------
@@ -102,7 +128,14 @@ class ConsumerRunner:
         return self._stop.is_set()
 
     def healthy(self, stall_seconds: float = 120.0) -> bool:
+        """The consuming thread is alive and looping (a stuck loop is what a restart cures)."""
         return time.monotonic() - self.last_loop < stall_seconds
+
+    def check_ready(self) -> None:
+        """Raise while batches have been failing for longer than `unready_after` seconds."""
+        since = self.failing_since
+        if since is not None and time.monotonic() - since > self.config.unready_after:
+            raise RuntimeError(f"batches failing for {time.monotonic() - since:.0f}s: {self.last_error}")
 
     def _consumer_config(self) -> dict[str, Any]:
         c = self.config
@@ -132,8 +165,10 @@ class ConsumerRunner:
         try:
             while not self._stop.is_set():
                 self.last_loop = time.monotonic()
+                if self._paused and self.last_loop >= self._resume_at:
+                    self._resume(consumer)
                 msgs = consumer.consume(self.config.batch_size, self.config.batch_timeout)
-                batch = [m for m in msgs if not self._is_error(m)]
+                batch = self._usable(msgs)
                 if batch:
                     self._process(consumer, batch)
                 self._refresh_lag(consumer)
@@ -143,76 +178,123 @@ class ConsumerRunner:
             self.producer.close()
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        for tp in partitions:
-            self.committed.pop((tp.topic, tp.partition), None)
+        gone = {(tp.topic, tp.partition) for tp in partitions}
+        for key in gone:
+            self.committed.pop(key, None)
+        self._paused = [tp for tp in self._paused if (tp.topic, tp.partition) not in gone]
 
-    @staticmethod
-    def _is_error(msg: Message) -> bool:
-        err = msg.error()
-        if err is None:
-            return False
-        if err.code() == KafkaError._PARTITION_EOF:
-            return True
-        if err.fatal():
-            raise KafkaException(err)
-        log.warning("consumer error: %s", err)
-        return True
+    def _usable(self, msgs: list[Message]) -> list[Message]:
+        paused = {(tp.topic, tp.partition) for tp in self._paused}
+        out = []
+        for m in msgs:
+            err = m.error()
+            if err is not None:
+                if err.fatal():
+                    raise KafkaException(err)
+                if err.code() != KafkaError._PARTITION_EOF:
+                    log.warning("consumer error: %s", err)
+                continue
+            if paused and (m.topic(), m.partition()) in paused:
+                continue  # fetched before the pause; it comes again after the rewind
+            out.append(m)
+        return out
 
     # -- one batch ----------------------------------------------------------------
 
     def _process(self, consumer: Consumer, batch: list[Message]) -> None:
         started = time.perf_counter()
-        attempt = 0
-        while True:
-            try:
-                if self.config.transactional:
-                    self._process_transactional(consumer, batch)
-                else:
-                    self._process_sink(consumer, batch)
-                self.failing_since = None
-                self.last_commit = time.monotonic()
-                self.sensor.on_batch(len(batch), time.perf_counter() - started)
-                return
-            except (TransientError, KafkaException) as e:
-                if isinstance(e, KafkaException) and e.args and e.args[0].fatal():
-                    raise
-                kind = "transient"
-            except Exception:
-                log.exception("%s handler failed on a batch of %d; retrying", self.config.stage, len(batch))
-                kind = "handler"
-            # The batch did not go through: rewind to its first offsets and try again.
-            attempt += 1
-            self.sensor.on_retry(kind)
-            if self.failing_since is None:
-                self.failing_since = time.monotonic()
-            delay = min(self.config.backoff_max, self.config.backoff_initial * 2 ** min(attempt, 10))
-            delay *= random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not crypto
-            log.warning(
-                "%s batch of %d failed (%s, attempt %d); retrying in %.2fs",
-                self.config.stage,
-                len(batch),
-                kind,
-                attempt,
-                delay,
-            )
-            if self._stop.wait(delay):
-                self._rewind(consumer, batch)
-                return
-            self.last_loop = time.monotonic()
-
-    def _process_transactional(self, consumer: Consumer, batch: list[Message]) -> None:
-        p = self.producer
-        p.raw.begin_transaction()
+        key = _first_position(batch)
         try:
-            outcome = self.handler.handle(batch)
-            self._produce_outcome(outcome)
-            offsets = _next_offsets(batch)
-            p.raw.send_offsets_to_transaction(offsets, consumer.consumer_group_metadata(), 30)
-            self._commit_transaction()
-        except BaseException as e:
-            self._abort(e)
+            self._commit_batch(consumer, batch, lambda: self.handler.handle(batch), batch)
+        except _Retry:
+            return
+        except (KafkaException, FatalError):  # fatal: the process must restart
             raise
-        self._record_commit(batch)
+        except Exception as e:
+            attempts = self._attempts.get(key, 0) + 1
+            if attempts < self.config.isolate_after:
+                self._attempts[key] = attempts
+                log.exception(
+                    "%s: batch of %d from %s[%d]@%d failed (attempt %d); retrying",
+                    self.config.stage,
+                    len(batch),
+                    *key,
+                    attempts,
+                )
+                self._schedule_retry(consumer, batch, "handler", e)
+                return
+            self._attempts.pop(key, None)
+            self._isolate(consumer, batch)
+            return
+        self._attempts.pop(key, None)
+        if len(self._attempts) > 10_000:
+            self._attempts.clear()
+        self.sensor.on_batch(len(batch), time.perf_counter() - started)
+
+    def _isolate(self, consumer: Consumer, batch: list[Message]) -> None:
+        """Process a failing batch one message at a time; dead-letter the ones that fail."""
+        log.warning("%s: taking a failing batch of %d apart to find the poison", self.config.stage, len(batch))
+        for i, msg in enumerate(batch):
+            rest = batch[i:]  # rewound together when this one has to wait
+            try:
+                self._commit_batch(consumer, [msg], lambda m=msg: self.handler.handle([m]), rest)  # type: ignore[misc]
+                continue
+            except _Retry:
+                return
+            except (KafkaException, FatalError):
+                raise
+            except Exception as e:
+                reason = f"{self.config.stage} failed on this record: {type(e).__name__}: {e}"
+                kind = type(e).__name__
+                dead = dead_letter_from_message(msg, stage=self.config.stage, reason=reason, error_type=kind)
+            try:
+                self._commit_batch(consumer, [msg], lambda d=dead: Outcome(dead=[d]), rest)  # type: ignore[misc]
+            except _Retry:
+                return
+            except (KafkaException, FatalError):
+                raise
+            except Exception as e:
+                # even dead-lettering failed: retry the rest of the batch later
+                self._schedule_retry(consumer, batch[i:], "handler", e)
+                return
+
+    def _commit_batch(
+        self,
+        consumer: Consumer,
+        batch: list[Message],
+        outcome_of: Callable[[], Outcome],
+        rewind: list[Message],
+    ) -> None:
+        """One attempt at `batch`; on a transient failure rewind `rewind`, pause and raise _Retry."""
+        try:
+            if self.config.transactional:
+                self._transaction(consumer, batch, outcome_of)
+            else:
+                self._sink(consumer, batch, outcome_of)
+        except TransientError as e:
+            self._schedule_retry(consumer, rewind, "transient", e)
+            raise _Retry from e
+        except KafkaException as e:
+            if e.args and e.args[0].fatal():
+                raise
+            self._schedule_retry(consumer, rewind, "kafka", e)
+            raise _Retry from e
+        self.failing_since = None
+        self.last_error = None
+        for tp in _next_offsets(batch):
+            self.committed[(tp.topic, tp.partition)] = tp.offset
+        self.sensor.on_commit(len(self.committed))
+
+    def _transaction(self, consumer: Consumer, batch: list[Message], outcome_of: Callable[[], Outcome]) -> None:
+        p = self.producer.raw
+        p.begin_transaction()
+        try:
+            self._produce(outcome_of())
+            p.send_offsets_to_transaction(_next_offsets(batch), consumer.consumer_group_metadata(), 30)
+            self._commit_transaction()
+        except BaseException:
+            self._abort()
+            raise
 
     def _commit_transaction(self) -> None:
         while True:
@@ -222,52 +304,53 @@ class ConsumerRunner:
             except KafkaException as e:
                 err = e.args[0]
                 if err.retriable() and not err.txn_requires_abort():
-                    log.warning("commit_transaction retriable error: %s; retrying", err)
+                    log.warning("commit_transaction: %s; retrying", err)
                     continue
                 raise
 
-    def _abort(self, cause: BaseException) -> None:
-        try:
-            self.producer.raw.abort_transaction(30)
-        except KafkaException as e:
-            if e.args[0].fatal():
-                raise
-            log.warning("abort_transaction failed: %s", e)
+    def _abort(self) -> None:
+        delay = self.config.backoff_initial
+        for _ in range(10):
+            try:
+                self.producer.raw.abort_transaction(30)
+                return
+            except KafkaException as e:
+                if e.args[0].fatal() or not e.args[0].retriable():
+                    raise
+                log.warning("abort_transaction: %s; retrying in %.1fs", e, delay)
+                time.sleep(delay)
+                delay = min(self.config.backoff_max, delay * 2)
+        raise FatalError("the transaction could not be aborted; restarting is the way out")
 
-    def _process_sink(self, consumer: Consumer, batch: list[Message]) -> None:
-        outcome = self.handler.handle(batch)
+    def _sink(self, consumer: Consumer, batch: list[Message], outcome_of: Callable[[], Outcome]) -> None:
+        outcome = outcome_of()
         failed_before = self.producer.failed
-        self._produce_outcome(outcome)
+        self._produce(outcome)
         if (outcome.outputs or outcome.dead) and (self.producer.flush(30) or self.producer.failed != failed_before):
-            raise TransientError("dead letters or outputs were not acknowledged")
-        offsets = _next_offsets(batch)
+            raise TransientError(f"outputs or dead letters not acknowledged: {self.producer.last_error}")
         try:
-            consumer.commit(offsets=offsets, asynchronous=False)
+            consumer.commit(offsets=_next_offsets(batch), asynchronous=False)
         except KafkaException as e:
             # A rebalance took the partitions: the new owner gets the batch again, and
             # the sink is idempotent, so this is safe; anything else is retried.
             code = e.args[0].code()
-            if code in (
-                KafkaError.REBALANCE_IN_PROGRESS,
-                KafkaError.ILLEGAL_GENERATION,
-                KafkaError.UNKNOWN_MEMBER_ID,
-            ):
-                log.warning("commit lost to a rebalance (%s); batch will be redelivered", e.args[0])
+            if code in (KafkaError.REBALANCE_IN_PROGRESS, KafkaError.ILLEGAL_GENERATION, KafkaError.UNKNOWN_MEMBER_ID):
+                log.warning("commit lost to a rebalance (%s); the batch will be redelivered", e.args[0])
                 return
             raise
-        self._record_commit(batch)
 
-    def _produce_outcome(self, outcome: Outcome) -> None:
+    def _produce(self, outcome: Outcome) -> None:
+        records: list[OutRecord] = list(outcome.outputs)
+        records += [encode_dead_letter(self.codec, d) for d in outcome.dead]
+        self.topics.ensure({r.topic for r in records})
         p = self.producer
-        for r in outcome.outputs:
-            p.produce(r.topic, r.value, r.key, r.headers)
-        for d in outcome.dead:
-            r = encode_dead_letter(self.codec, d)
+        for r in records:
             p.produce(r.topic, r.value, r.key, r.headers)
         if outcome.dead:
             first = outcome.dead[0]
             log.warning(
-                "%d dead letter(s) in this batch; first from %s[%s]@%s: %s",
+                "%s: %d dead letter(s); first from %s[%s]@%s: %s",
+                self.config.stage,
                 len(outcome.dead),
                 first.original_topic,
                 first.original_partition,
@@ -275,25 +358,53 @@ class ConsumerRunner:
                 first.reason,
             )
             self.sensor.on_dead_letter(len(outcome.dead))
-        self.sensor.on_produced(len(outcome.outputs) + len(outcome.dead))
+        self.sensor.on_produced(len(records))
 
-    def _record_commit(self, batch: list[Message]) -> None:
-        for tp in _next_offsets(batch):
-            self.committed[(tp.topic, tp.partition)] = tp.offset
-        self.sensor.on_commit(len(self.committed))
+    # -- retries ------------------------------------------------------------------
 
-    @staticmethod
-    def _rewind(consumer: Consumer, batch: list[Message]) -> None:
+    def _schedule_retry(self, consumer: Consumer, msgs: list[Message], kind: str, error: BaseException) -> None:
+        """Rewind the partitions of `msgs` to their first offsets and pause them for a backoff."""
         first: dict[tuple[str, int], int] = {}
-        for m in batch:
+        for m in msgs:
             topic, part, off = position(m)
             if off < first.get((topic, part), off + 1):
                 first[(topic, part)] = off
-        for (topic, part), off in first.items():
-            try:
-                consumer.seek(TopicPartition(topic, part, off))
-            except KafkaException as e:  # partition no longer ours: its new owner starts from the commit
-                log.info("seek %s[%d]@%d skipped: %s", topic, part, off, e)
+        parts = [TopicPartition(t, p) for t, p in first]
+        try:
+            consumer.pause(parts)
+            for (t, p), off in first.items():
+                consumer.seek(TopicPartition(t, p, off))
+        except KafkaException as e:  # partition no longer ours: its new owner starts from the commit
+            log.info("rewind skipped: %s", e)
+        known = {(tp.topic, tp.partition) for tp in self._paused}
+        self._paused += [tp for tp in parts if (tp.topic, tp.partition) not in known]
+        now = time.monotonic()
+        if self.failing_since is None:
+            self.failing_since = now
+        self.last_error = f"{type(error).__name__}: {error}"[:500]
+        failing_for = now - self.failing_since
+        delay = min(self.config.backoff_max, self.config.backoff_initial * 2 ** min(failing_for, 10))
+        delay *= random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not crypto
+        self._resume_at = now + delay
+        self.sensor.on_retry(kind)
+        (t, p), off = next(iter(first.items()))
+        log.warning(
+            "%s: %s failure at %s[%d]@%d (%s); retrying in %.2fs",
+            self.config.stage,
+            kind,
+            t,
+            p,
+            off,
+            self.last_error,
+            delay,
+        )
+
+    def _resume(self, consumer: Consumer) -> None:
+        try:
+            consumer.resume(self._paused)
+        except KafkaException as e:
+            log.info("resume skipped: %s", e)
+        self._paused = []
 
     def _retrying(self, what: str, fn: Callable[[], object]) -> None:
         delay = self.config.backoff_initial
@@ -340,6 +451,10 @@ class ConsumerRunner:
             out.append({"topic": tp.topic, "partition": tp.partition, "committed": committed, "high": high, "lag": lag})
         self._lag_snapshot = out
         self.sensor.on_lag(total)
+
+
+def _first_position(batch: list[Message]) -> tuple[str, int, int]:
+    return position(batch[0])
 
 
 def _next_offsets(batch: list[Message]) -> list[TopicPartition]:

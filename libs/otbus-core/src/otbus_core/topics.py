@@ -11,12 +11,13 @@ from typing import Final
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic  # type: ignore[attr-defined]
 
-from otbus_core.exceptions import InvalidTenant
+from otbus_core.exceptions import InvalidTenant, TransientError
 
 __all__ = [
     "PROTOCOLS",
     "TENANT_PATTERN",
     "TENANT_RE",
+    "TopicProvisioner",
     "TopicSpec",
     "dlq_topic",
     "ensure_topics",
@@ -97,6 +98,35 @@ def tenant_topics(
     cfg = {} if retention_ms is None else {"retention.ms": str(retention_ms)}
     names = [raw_topic(tenant, p) for p in protocols] + [tags_topic(tenant), dlq_topic(tenant)]
     return [TopicSpec(n, partitions, replication_factor, cfg) for n in names]
+
+
+class TopicProvisioner:
+    """Creates topics on first use (cached), for services that write to topics of any tenant."""
+
+    def __init__(
+        self,
+        admin: AdminClient,
+        *,
+        partitions: int = 3,
+        replication_factor: int = 1,
+        retention_ms: int | None = None,
+    ) -> None:
+        self.admin = admin
+        self.partitions = partitions
+        self.replication_factor = replication_factor
+        self.config = {} if retention_ms is None else {"retention.ms": str(retention_ms)}
+        self._known: set[str] = set()
+
+    def ensure(self, names: Iterable[str]) -> None:
+        missing = set(names) - self._known
+        if not missing:
+            return
+        specs = [TopicSpec(n, self.partitions, self.replication_factor, self.config) for n in sorted(missing)]
+        try:
+            ensure_topics(self.admin, specs, timeout=10)
+        except KafkaException as e:
+            raise TransientError(f"could not create topics {sorted(missing)}: {e}") from e
+        self._known |= missing
 
 
 def ensure_topics(admin: AdminClient, specs: Iterable[TopicSpec], timeout: float = 30.0) -> list[str]:

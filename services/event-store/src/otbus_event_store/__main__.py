@@ -1,37 +1,14 @@
-"""Run the event store: `python -m otbus_event_store` (or `otbus-event-store`)."""
-
-from __future__ import annotations
+"""Run the service: `python -m otbus_event_store` (or `otbus-event-store`)."""
 
 import sys
 
-import uvicorn
-
-from otbus_core.exceptions import ConfigError
-from otbus_core.logs import configure_logging
-from otbus_core.settings import load_settings
+from otbus_core.service import main_http
 from otbus_event_store.app import create_app
 from otbus_event_store.config import EventStoreSettings
 
 
 def main() -> int:
-    try:
-        settings = load_settings(EventStoreSettings)
-        configure_logging(settings.service_name, settings.log_level, settings.log_json)
-        app = create_app(settings)
-    except ConfigError as e:
-        print(f"otbus-event-store: {e}", file=sys.stderr)  # noqa: T201
-        return 2
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        loop="uvloop",
-        http="httptools",
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=30,
-    )
-    return 0
+    return main_http("otbus-event-store", EventStoreSettings, create_app)
 
 
 if __name__ == "__main__":

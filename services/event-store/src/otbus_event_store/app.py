@@ -11,11 +11,13 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Query, Request
 from sqlalchemy import create_engine
 
+from otbus_core.auth import TokenMap
 from otbus_core.codec import AvroCodec
 from otbus_core.kafka import admin_client, kafka_reachable
 from otbus_core.metrics import PrometheusSensor
 from otbus_core.ops import ops_router
 from otbus_core.runner import ConsumerRunner, RunnerConfig
+from otbus_core.service import start_worker
 from otbus_core.topics import tags_topics_pattern, tenant_of_topic
 from otbus_event_store.config import EventStoreSettings
 from otbus_event_store.handler import STAGE, StoreHandler
@@ -73,18 +75,15 @@ def create_app(settings: EventStoreSettings) -> FastAPI:
         migrate(settings.database_url)
         ensure_partitions(settings.database_url, settings.partitions_ahead_days)
         app.state.queries = EventQueries(engine)
-        threads = [threading.Thread(target=maintenance, name="partition-maintenance", daemon=True)]
-        if runner is not None:
-            threads.append(threading.Thread(target=runner.run, name="event-store-consumer", daemon=True))
-        for th in threads:
-            th.start()
+        start_worker(maintenance, "partition-maintenance")
+        consumer = start_worker(runner.run, "event-store-consumer") if runner is not None else None
         try:
             yield
         finally:
             stop_maintenance.set()
-            if runner is not None:
+            if runner is not None and consumer is not None:
                 runner.stop()
-                threads[-1].join(timeout=60)
+                consumer.join(timeout=60)
             engine.dispose()
 
     app = FastAPI(
@@ -99,11 +98,11 @@ def create_app(settings: EventStoreSettings) -> FastAPI:
     checks: dict[str, Any] = {"database": db_check}
     if runner is not None:
         checks["kafka"] = lambda: kafka_reachable(admin)
+        checks["consumer"] = runner.check_ready
     app.include_router(ops_router(checks, alive=runner.healthy if runner else lambda: True))
 
-    def tenant_of(authorization: Annotated[str | None, Header()] = None) -> str:
-        token = authorization[7:].strip() if authorization and authorization[:7].lower() == "bearer " else None
-        tenant = tokens.tenant_for(token)
+    async def tenant_of(authorization: Annotated[str | None, Header()] = None) -> str:
+        tenant = tokens.tenant_for(TokenMap.from_request_parts(authorization, None, None))
         if tenant is None:
             raise HTTPException(401, "missing or invalid bearer token", headers={"WWW-Authenticate": "Bearer"})
         return tenant

@@ -5,12 +5,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import yaml
 from pydantic import Field, field_validator
-from pydantic_settings import SettingsConfigDict
 
 from otbus_core.auth import TokenMap
-from otbus_core.exceptions import ConfigError
 from otbus_core.settings import DatabaseSettings
 
 __all__ = ["EventStoreSettings"]
@@ -19,8 +16,6 @@ _RAW_OR_DLQ = re.compile(r"\.ot\.(raw\.|dlq\.)")
 
 
 class EventStoreSettings(DatabaseSettings):
-    model_config = SettingsConfigDict(env_prefix="OTBUS_", frozen=True, extra="ignore")
-
     service_name: str = "event-store"
     port: int = 8081
     consume: bool = True
@@ -50,15 +45,4 @@ class EventStoreSettings(DatabaseSettings):
         return topics
 
     def token_map(self) -> TokenMap:
-        tokens = dict(self.api_tokens)
-        if self.api_tokens_file is not None:
-            try:
-                doc = yaml.safe_load(self.api_tokens_file.read_text()) or {}
-            except (OSError, yaml.YAMLError) as e:
-                raise ConfigError(f"OTBUS_API_TOKENS_FILE: cannot read {self.api_tokens_file}: {e}") from None
-            if not isinstance(doc, dict):
-                raise ConfigError("OTBUS_API_TOKENS_FILE: must map tokens to tenants")
-            tokens.update({str(k): str(v) for k, v in doc.items()})
-        if not tokens:
-            raise ConfigError("OTBUS_API_TOKENS: no token configured; nobody could query")
-        return TokenMap(tokens, key_name="OTBUS_API_TOKENS")
+        return TokenMap.load(self.api_tokens, self.api_tokens_file, "OTBUS_API_TOKENS")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from datetime import datetime
 from typing import Any
@@ -12,16 +13,16 @@ from confluent_kafka import Message
 
 from otbus_core.codec import AvroCodec
 from otbus_core.dlq import dead_letter_from_message
-from otbus_core.envelope import Envelope
+from otbus_core.envelope import Envelope, envelope_of
 from otbus_core.exceptions import DecodeError, InvalidTenant
-from otbus_core.kafka import headers_of, position
+from otbus_core.kafka import position
 from otbus_core.records import Outcome
-from otbus_core.topics import tenant_of_topic
 from otbus_event_store.writer import EventWriter, StoredEvent
 
 __all__ = ["STAGE", "StoreHandler", "to_stored_event"]
 
 STAGE = "event-store"
+_NOT_EVENTS = re.compile(r"\.ot\.(raw\.[a-z]+|dlq)\.v[0-9]+$")
 _json = msgspec.json.Encoder()
 
 
@@ -30,7 +31,7 @@ def _payload(env: Envelope, value: bytes | None, codec: AvroCodec) -> str:
     if "json" in ct:
         try:
             return json.dumps(json.loads(value or b"null"))
-        except ValueError as e:
+        except (ValueError, RecursionError) as e:
             raise DecodeError(f"content-type {ct} but the value is not JSON: {e}") from e
     record: Any = codec.decode_any(value)
     return _json.encode(record).decode()
@@ -38,10 +39,7 @@ def _payload(env: Envelope, value: bytes | None, codec: AvroCodec) -> str:
 
 def to_stored_event(msg: Message, codec: AvroCodec) -> StoredEvent:
     topic, partition, offset = position(msg)
-    tenant = tenant_of_topic(topic)
-    env = Envelope.from_headers(headers_of(msg))
-    if env.tenant != tenant:
-        raise DecodeError(f"ce_tenant {env.tenant!r} does not match the topic's tenant {tenant!r}")
+    tenant, env = envelope_of(msg)
     try:
         event_id = str(uuid.UUID(env.id))
     except ValueError:
@@ -74,12 +72,16 @@ class StoreHandler:
     def __init__(self, codec: AvroCodec, writer: EventWriter) -> None:
         self.codec = codec
         self.writer = writer
+        self.skipped = 0
 
     def handle(self, messages: list[Message]) -> Outcome:
         out = Outcome()
         events: list[StoredEvent] = []
         origin: dict[int, Message] = {}
         for msg in messages:
+            if _NOT_EVENTS.search(position(msg)[0]):
+                self.skipped += 1  # a broad extra-topics pattern matched a raw or DLQ topic
+                continue
             try:
                 ev = to_stored_event(msg, self.codec)
             except (DecodeError, InvalidTenant) as e:

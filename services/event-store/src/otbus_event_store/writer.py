@@ -51,6 +51,17 @@ _INSERT_ONE = sql.SQL("INSERT INTO otbus_events ({}) VALUES ({}) ON CONFLICT DO 
 )
 
 
+_ROW_FAULT_CLASSES = ("22", "23", "54")
+"""SQLSTATE classes that can be one row's fault: data exception (e.g. NUL in JSON), integrity,
+program limit (e.g. an index row too large). Everything else (connection, shutdown, a missing
+table, permissions) is the database's state and is retried, never blamed on the events."""
+
+
+def _transient(e: psycopg.Error) -> bool:
+    state = e.sqlstate
+    return state is None or state[:2] not in _ROW_FAULT_CLASSES
+
+
 @dataclass(frozen=True, slots=True)
 class StoredEvent:
     event_id: str
@@ -96,7 +107,9 @@ class EventWriter:
     def _connection(self) -> psycopg.Connection[tuple[object, ...]]:
         if self._conn is None or self._conn.closed:
             try:
-                self._conn = psycopg.connect(self.conninfo, autocommit=False, application_name="otbus-event-store")
+                self._conn = psycopg.connect(
+                    self.conninfo, autocommit=False, application_name="otbus-event-store", connect_timeout=10
+                )
             except psycopg.OperationalError as e:
                 raise TransientError(f"database unreachable: {e}") from e
         return self._conn
@@ -119,10 +132,12 @@ class EventWriter:
                 return []
             except errors.UniqueViolation:
                 return self._merge(conn, events)
-            except (psycopg.DataError, psycopg.IntegrityError) as e:
+            except psycopg.Error as e:
+                if _transient(e):
+                    raise
                 log.warning("batch of %d refused (%s); writing row by row", len(events), e)
                 return self._one_by_one(conn, events)
-        except (psycopg.OperationalError, psycopg.InterfaceError) as e:
+        except psycopg.Error as e:
             self.close()
             raise TransientError(f"database write failed: {e}") from e
 
@@ -140,7 +155,9 @@ class EventWriter:
             self.duplicates += len(events) - inserted
             log.info("redelivered batch: %d of %d events were already stored", len(events) - inserted, len(events))
             return []
-        except (psycopg.DataError, psycopg.IntegrityError) as e:
+        except psycopg.Error as e:
+            if _transient(e):
+                raise
             log.warning("merge of %d refused (%s); writing row by row", len(events), e)
             return self._one_by_one(conn, events)
 
@@ -155,6 +172,8 @@ class EventWriter:
                         cur.execute(_INSERT_ONE, ev.row())
                         if cur.rowcount == 0:
                             self.duplicates += 1
-                except (psycopg.DataError, psycopg.IntegrityError) as e:
+                except psycopg.Error as e:
+                    if _transient(e):
+                        raise
                     refused.append((ev, f"PostgreSQL refused the event: {e.diag.message_primary or e}"))
         return refused

@@ -2,6 +2,7 @@
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -9,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 import msgspec
+from confluent_kafka import KafkaException
 from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import Counter
@@ -63,6 +65,17 @@ class State:
     validator: EventValidator
     diag: Diagnostics = field(default_factory=Diagnostics)
     provisioned: bool = False
+
+
+_TOKEN_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
+
+
+def _header(request: Request, name: str) -> str | None:
+    """An identifier header (source, request id); 400 when it is not a short plain token."""
+    value = request.headers.get(name)
+    if value is not None and not _TOKEN_RE.match(value):
+        raise _Problem(400, f"header {name}: 1-128 characters of A-Z a-z 0-9 _ . : -", field=name)
+    return value
 
 
 def _timeout(ms: int) -> dict[str, Any]:
@@ -129,7 +142,11 @@ def create_app(settings: IngestHttpSettings) -> FastAPI:
         if not app.state.otbus.provisioned:
             raise RuntimeError("tenant topics not provisioned yet")
 
-    app.include_router(ops_router({"kafka": lambda: kafka_reachable(admin), "topics": ready_topics}))
+    def ready_producer() -> None:
+        app.state.otbus.producer.check_ready()
+
+    checks = {"kafka": lambda: kafka_reachable(admin), "topics": ready_topics, "producer": ready_producer}
+    app.include_router(ops_router(checks))
 
     @app.exception_handler(_Problem)
     async def _problem(request: Request, exc: _Problem) -> JSONResponse:
@@ -139,7 +156,7 @@ def create_app(settings: IngestHttpSettings) -> FastAPI:
         s: State = request.app.state.otbus
         return s
 
-    def tenant_of(
+    async def tenant_of(
         request: Request,
         authorization: Annotated[str | None, Header()] = None,
         x_api_key: Annotated[str | None, Header()] = None,
@@ -170,18 +187,18 @@ def create_app(settings: IngestHttpSettings) -> FastAPI:
 
     async def send(st: State, records: list[OutRecord]) -> None:
         loop = asyncio.get_running_loop()
-        fut = st.producer.produce_async(loop, [(r.topic, r.value, r.key, r.headers) for r in records])
         try:
+            fut = st.producer.produce_async(loop, [(r.topic, r.value, r.key, r.headers) for r in records])
             await asyncio.wait_for(fut, st.settings.produce_timeout_ms / 1000 + 5)
-        except (TimeoutError, TransientError) as e:
+        except (TimeoutError, TransientError, KafkaException) as e:
             st.diag.last_error = f"{type(e).__name__}: {e}"
-            raise _Problem(503, "Kafka did not acknowledge the events; nothing was accepted, retry") from e
+            raise _Problem(503, "Kafka did not acknowledge the events; retry the request") from e
 
     async def ingest(request: Request, tenant: str, source: str | None, batch: bool) -> Response:
         st = state_of(request)
         st.diag.requests += 1
-        source_id = source or request.headers.get("x-otbus-source") or st.settings.default_source
-        correlation = request.headers.get("x-request-id") or uuid7()
+        source_id = source or _header(request, "x-otbus-source") or st.settings.default_source
+        correlation = _header(request, "x-request-id") or uuid7()
         body = await read_body(request, st.settings.max_body_bytes)
         rejects: list[tuple[int, Any, ItemError]]
         try:
@@ -198,7 +215,10 @@ def create_app(settings: IngestHttpSettings) -> FastAPI:
             _DROPPED.inc()
             await send(st, [st.publisher.unparseable(tenant, source_id, body, str(e), correlation)])
             raise _Problem(400, str(e), field="body") from None
-        records = st.publisher.records(tenant, source_id, events, correlation)
+        try:
+            records = st.publisher.records(tenant, source_id, events, correlation)
+        except OverflowError as e:
+            raise _Problem(413, str(e)) from None
         records += st.publisher.dead_letters(tenant, source_id, rejects, correlation)
         n_ok, n_bad = len(events), len(rejects)
         st.diag.received += n_ok + n_bad

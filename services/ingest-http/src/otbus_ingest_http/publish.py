@@ -8,8 +8,8 @@ from typing import Any
 
 from otbus_core.codec import AvroCodec
 from otbus_core.dlq import encode_dead_letter
-from otbus_core.envelope import TYPE_RAW_READINGS, Envelope, now_micros
-from otbus_core.ids import uuid7_block
+from otbus_core.envelope import TYPE_RAW_READINGS, ce_headers, micros_to_rfc3339, now_micros
+from otbus_core.ids import uuid7, uuid7_block
 from otbus_core.records import DeadLetter, OutRecord
 from otbus_core.schemas import RAW_READING_BATCH
 from otbus_core.topics import raw_topic
@@ -18,6 +18,8 @@ from otbus_ingest_http.validation import ItemError, timestamp_micros
 __all__ = ["STAGE", "RawPublisher"]
 
 STAGE = "ingest-http"
+MAX_RECORD_BYTES = 900_000
+"""Below the broker's default message.max.bytes (1 MB), with room for headers."""
 PROTOCOL = "http"
 
 
@@ -27,46 +29,37 @@ class RawPublisher:
         self.chunk = readings_per_message
         self.contexts = contexts
         self._schema = codec.schemas.latest(RAW_READING_BATCH)
-        self._headers: dict[str, tuple[str, bytes, str]] = {}
-
-    def _target(self, tenant: str) -> tuple[str, bytes, str]:
-        t = self._headers.get(tenant)
-        if t is None:
-            topic = raw_topic(tenant, PROTOCOL)
-            prefix, uri = self.codec.header(RAW_READING_BATCH, topic)
-            t = self._headers[tenant] = (topic, prefix, uri)
-        return t
 
     def records(self, tenant: str, source_id: str, events: Sequence[Any], correlation_id: str) -> list[OutRecord]:
-        topic, prefix, uri = self._target(tenant)
+        """Raw batch records of at most `readings_per_message` readings and `MAX_RECORD_BYTES` each."""
+        topic = raw_topic(tenant, PROTOCOL)
+        prefix, uri = self.codec.header(RAW_READING_BATCH, topic)
         received = now_micros()
+        headers = ce_headers(
+            uuid7(),
+            f"/otbus/{PROTOCOL}/{source_id}",
+            TYPE_RAW_READINGS,
+            tenant,
+            micros_to_rfc3339(received),
+            source_id,
+            uri,
+            correlation_id,
+        )
         context = dict(self.contexts.get(source_id, {}))
-        out = []
-        for start in range(0, len(events), self.chunk):
-            chunk = events[start : start + self.chunk]
-            env = Envelope.new(
-                source=f"/otbus/{PROTOCOL}/{source_id}",
-                type=TYPE_RAW_READINGS,
-                tenant=tenant,
-                time_us=received,
-                subject=source_id,
-                dataschema=uri,
-                correlationid=correlation_id,
-            )
-            batch = {
-                "source_id": source_id,
-                "protocol": PROTOCOL,
-                "context": context,
-                "first_id": uuid7_block(len(chunk)),
-                "received_time": received,
-                "tags": [_tag(ev.tagPath, ev.tagProvider) for ev in chunk],
-                "values": [ev.value for ev in chunk],
-                "data_types": [ev.dataType or "" for ev in chunk],
-                "qualities": [ev.quality or "" for ev in chunk],
-                "quality_codes": [ev.qualityCode for ev in chunk],
-                "source_times": [timestamp_micros(ev.timestamp) for ev in chunk],
-            }
-            out.append(OutRecord(topic, self.codec.encode_with(prefix, self._schema, batch), source_id, env.headers()))
+        out: list[OutRecord] = []
+        pending = [events[i : i + self.chunk] for i in range(0, len(events), self.chunk)]
+        while pending:
+            chunk = pending.pop(0)
+            value = self.codec.encode_with(prefix, self._schema, _columns(source_id, context, received, chunk))
+            if len(value) > MAX_RECORD_BYTES and len(chunk) > 1:  # large strings: split and encode again
+                half = len(chunk) // 2
+                pending[:0] = [chunk[:half], chunk[half:]]
+                continue
+            if len(value) > MAX_RECORD_BYTES:
+                raise OverflowError(f"one event encodes to {len(value)} bytes, over the {MAX_RECORD_BYTES} limit")
+            if out:  # each record its own event id
+                headers = [("ce_id", uuid7()) if k == "ce_id" else (k, v) for k, v in headers]
+            out.append(OutRecord(topic, value, source_id, headers))
         return out
 
     def dead_letters(
@@ -102,6 +95,22 @@ class RawPublisher:
                 causation_id=correlation_id,
             ),
         )
+
+
+def _columns(source_id: str, context: dict[str, str], received: int, chunk: Sequence[Any]) -> dict[str, Any]:
+    return {
+        "source_id": source_id,
+        "protocol": PROTOCOL,
+        "context": context,
+        "first_id": uuid7_block(len(chunk)),
+        "received_time": received,
+        "tags": [_tag(ev.tagPath, ev.tagProvider) for ev in chunk],
+        "values": [ev.value for ev in chunk],
+        "data_types": [ev.dataType or "" for ev in chunk],
+        "qualities": [ev.quality or "" for ev in chunk],
+        "quality_codes": [ev.qualityCode for ev in chunk],
+        "source_times": [timestamp_micros(ev.timestamp) for ev in chunk],
+    }
 
 
 def _tag(path: str, provider: str | None) -> str:

@@ -138,6 +138,8 @@ def _loads(body: bytes) -> Any:
         return json.loads(body)  # the standard parser accepts NaN/Infinity, so we can name them
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"invalid JSON: {e}") from None
+    except RecursionError:
+        raise ValueError("invalid JSON: nested too deeply") from None
 
 
 def _value_error(i: int, ev: Any) -> ItemError | None:

@@ -49,7 +49,8 @@ def main() -> int:
         return 2
     admin = admin_client(settings)
     app = FastAPI(title="otbus normalizer", docs_url=None, redoc_url=None)
-    app.include_router(ops_router({"kafka": lambda: kafka_reachable(admin)}, alive=runner.healthy))
+    checks = {"kafka": lambda: kafka_reachable(admin), "consumer": runner.check_ready}
+    app.include_router(ops_router(checks, alive=runner.healthy))
     ops = OpsServer(app, settings.host, settings.port)
     ops.start()
     install_stop_signals(runner.stop)

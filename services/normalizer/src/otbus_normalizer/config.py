@@ -6,7 +6,6 @@ from pathlib import Path
 
 import yaml
 from pydantic import Field
-from pydantic_settings import SettingsConfigDict
 
 from otbus_core.exceptions import ConfigError
 from otbus_core.settings import OtbusSettings
@@ -15,8 +14,6 @@ __all__ = ["NormalizerSettings"]
 
 
 class NormalizerSettings(OtbusSettings):
-    model_config = SettingsConfigDict(env_prefix="OTBUS_", frozen=True, extra="ignore")
-
     service_name: str = "normalizer"
     port: int = 8082
     group_id: str = "otbus-normalizer"

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from confluent_kafka import Message
 
 from otbus_core.codec import AvroCodec
 from otbus_core.dlq import dead_letter_from_message
-from otbus_core.envelope import TYPE_TAG, Envelope, ce_headers, micros_to_rfc3339
+from otbus_core.envelope import TYPE_TAG, Envelope, ce_headers, envelope_of, micros_to_rfc3339
 from otbus_core.exceptions import DecodeError, InvalidTenant, PoisonRecord
-from otbus_core.kafka import headers_of, position
 from otbus_core.records import Outcome, OutRecord
 from otbus_core.schemas import RAW_READING_BATCH, TAG_RECORD
-from otbus_core.topics import tags_topic, tenant_of_topic
+from otbus_core.topics import tags_topic
 from otbus_normalizer.mapping import TagMapper, columns
 
 __all__ = ["STAGE", "NormalizerHandler"]
@@ -26,24 +26,12 @@ class NormalizerHandler:
         self.codec = codec
         self.mapper = mapper
         self._tag_schema = codec.schemas.latest(TAG_RECORD)
-        self._targets: dict[str, tuple[str, bytes, str]] = {}  # tenant -> (topic, prefix, uri)
-
-    def _target(self, tenant: str) -> tuple[str, bytes, str]:
-        t = self._targets.get(tenant)
-        if t is None:
-            topic = tags_topic(tenant)
-            prefix, uri = self.codec.header(TAG_RECORD, topic)
-            t = self._targets[tenant] = (topic, prefix, uri)
-        return t
 
     def handle(self, messages: list[Message]) -> Outcome:
         out = Outcome()
         for msg in messages:
             try:
-                tenant = tenant_of_topic(position(msg)[0])
-                env = Envelope.from_headers(headers_of(msg))
-                if env.tenant != tenant:
-                    raise DecodeError(f"ce_tenant {env.tenant!r} does not match the topic's tenant {tenant!r}")
+                tenant, env = envelope_of(msg)
                 batch = self.codec.decode(msg.value(), RAW_READING_BATCH)
             except (DecodeError, InvalidTenant) as e:
                 out.dead.append(dead_letter_from_message(msg, stage=STAGE, reason=str(e), error_type=type(e).__name__))
@@ -52,7 +40,8 @@ class NormalizerHandler:
         return out
 
     def _map_batch(self, msg: Message, tenant: str, env: Envelope, batch: dict[str, Any], out: Outcome) -> None:
-        topic, prefix, uri = self._target(tenant)
+        topic = tags_topic(tenant)
+        prefix, uri = self.codec.header(TAG_RECORD, topic)
         source_id, protocol = batch["source_id"], batch["protocol"]
         ctx = self.mapper.context_for(source_id, batch["context"])
         source = f"/otbus/{protocol}/{source_id}"
@@ -68,16 +57,17 @@ class NormalizerHandler:
             try:
                 rec = self.mapper.to_tag(tenant, source_id, protocol, ctx, reading)
             except PoisonRecord as e:
-                out.dead.append(
-                    dead_letter_from_message(
-                        msg,
-                        stage=STAGE,
-                        reason=f"reading {i} ({reading.tag!r:.120}): {e.reason}",
-                        error_type="PoisonRecord",
-                        item_index=i,
-                        source_id=source_id,
-                    )
+                # The dead letter points at the raw record (topic, partition, offset, item) and
+                # carries only this reading, so a large batch with bad readings stays small.
+                dead = dead_letter_from_message(
+                    msg,
+                    stage=STAGE,
+                    reason=f"reading {i} ({reading.tag!r:.120}): {e.reason}",
+                    error_type="PoisonRecord",
+                    item_index=i,
+                    source_id=source_id,
                 )
+                out.dead.append(replace(dead, original_value=reading.as_json()))
                 continue
             headers = ce_headers(
                 rec["event_id"],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import math
 import re
 import string
@@ -209,6 +210,9 @@ class TagMapper:
                 self._paths.clear()
             self._paths[key] = naming
         path, signal_type, tag_name = naming
+        source_time = r.source_time if r.source_time is not None else r.received_time
+        if not _MIN_TIME <= source_time <= _MAX_TIME:
+            raise PoisonRecord(f"source time {source_time} µs is outside years 1-9999")
         return {
             "event_id": derive_uuid7(r.id, "tag"),
             "tenant": tenant,
@@ -224,7 +228,7 @@ class TagMapper:
             "unit": r.unit or r.attributes.get("unit"),
             "quality": quality,
             "quality_code": r.quality_code,
-            "source_time": r.source_time if r.source_time is not None else r.received_time,
+            "source_time": source_time,
             "ingest_time": r.received_time,
             "source_id": source_id,
             "protocol": protocol,
@@ -248,8 +252,16 @@ class Reading:
     unit: str = ""
     attributes: Mapping[str, str] = field(default_factory=dict)
 
+    def as_json(self) -> bytes:
+        fields = ("id", "tag", "value", "data_type", "quality", "quality_code", "source_time", "received_time")
+        doc = {k: getattr(self, k) for k in fields}
+        doc.update(unit=self.unit, attributes=dict(self.attributes))
+        return json.dumps(doc, default=str, allow_nan=True).encode()
+
 
 _NO_ATTRS: Mapping[str, str] = {}
+_MIN_TIME = -62_135_596_800_000_000  # 0001-01-01, microseconds
+_MAX_TIME = 253_402_300_799_999_999  # 9999-12-31
 _PATH_CACHE = 200_000  # distinct tags remembered per normalizer before the cache starts over
 
 
@@ -261,7 +273,10 @@ def columns(batch: Mapping[str, Any]) -> list[Reading]:
     units, attrs = batch["units"], batch["attributes"]
     if any(len(c) != n for c in cols) or len(units) not in (0, n) or len(attrs) not in (0, n):
         raise PoisonRecord(f"raw batch columns have different lengths (tags: {n})")
-    ids = uuid7_seq(batch["first_id"], n) if n else []
+    try:
+        ids = uuid7_seq(batch["first_id"], n) if n else []
+    except ValueError as e:
+        raise PoisonRecord(f"first_id {batch['first_id']!r:.60} is not a usable UUIDv7: {e}") from None
     received = batch["received_time"]
     values, data_types, qualities, codes, times = cols
     return [

@@ -1,0 +1,64 @@
+"""Process wiring shared by the services: start-up with config errors, HTTP serving, worker threads."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import uvicorn
+
+from otbus_core.exceptions import ConfigError
+from otbus_core.logs import configure_logging
+from otbus_core.settings import OtbusSettings, load_settings
+
+__all__ = ["main_http", "start_worker"]
+
+log = logging.getLogger(__name__)
+
+S = TypeVar("S", bound=OtbusSettings)
+
+
+def main_http(prog: str, settings_cls: type[S], create_app: Callable[[S], Any]) -> int:
+    """Load settings, build the app and serve it; invalid config exits 2 with the key named."""
+    try:
+        settings = load_settings(settings_cls)
+        configure_logging(settings.service_name, settings.log_level, settings.log_json)
+        app = create_app(settings)
+    except ConfigError as e:
+        print(f"{prog}: {e}", file=sys.stderr)  # noqa: T201
+        return 2
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=30,
+    )
+    return 0
+
+
+def start_worker(target: Callable[[], None], name: str) -> threading.Thread:
+    """Run `target` in a thread; if it dies, log why and stop the whole process.
+
+    A service whose consumer has died must not go on answering as if it were working:
+    SIGTERM starts the normal graceful shutdown, and the supervisor restarts it.
+    """
+
+    def guarded() -> None:
+        try:
+            target()
+        except BaseException:
+            log.critical("%s died; stopping the process", name, exc_info=True)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    th = threading.Thread(target=guarded, name=name, daemon=True)
+    th.start()
+    return th

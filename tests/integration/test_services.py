@@ -17,9 +17,12 @@ from otbus_core.codec import AvroCodec
 from otbus_core.envelope import TYPE_RAW_READINGS, Envelope
 from otbus_core.ids import uuid7
 from otbus_core.topics import dlq_topic, raw_topic
+from otbus_ingest_http.publish import RawPublisher
+from otbus_ingest_http.validation import EventValidator
 from tests.support import Infra, Stack, headers, ignition_events, read_topic, wait_until
 
 pytestmark = pytest.mark.integration
+V = EventValidator(1024, 16384, 100_000)
 
 
 @pytest.fixture(scope="module")
@@ -101,19 +104,52 @@ def test_normalizer_dead_letters_poison_and_the_partition_moves_on(stack: Stack)
         headers=wrong.headers(),
         partition=0,
     )
-    p.flush(10)
+    # a header that is not UTF-8, and a batch whose first_id is not a UUID
+    p.produce(
+        topic,
+        AvroCodec().encode("raw_reading_batch", _batch(), topic),
+        b"s",
+        headers=[*env.headers(), ("ce_subject", b"\xff\xfe")],
+        partition=0,
+    )
+    p.produce(
+        topic,
+        AvroCodec().encode(
+            "raw_reading_batch",
+            {
+                **_batch(),
+                "first_id": "zz",
+                "tags": ["a"],
+                "values": [1],
+                "data_types": [""],
+                "qualities": [""],
+                "quality_codes": [None],
+                "source_times": [None],
+            },
+            topic,
+        ),
+        b"s",
+        headers=env.headers(),
+        partition=0,
+    )
     # and a good batch behind them on the same partition
-    r = stack.post_batch(t, list(ignition_events(5, prefix="AfterPoison")))
-    assert r.status_code == 200
+    good = RawPublisher(AvroCodec(), 1000, {}).records(
+        t, "ignition", V.decode_batch(json.dumps(list(ignition_events(5, prefix="AfterPoison"))).encode())[0], "c"
+    )
+    for r in good:
+        p.produce(r.topic, r.value, r.key, headers=list(r.headers), partition=0)
+    p.flush(10)
     wait_until(lambda: stack.stored_count(t) >= 5, 60, "events behind the poison stored")
-    dead = [m for m in _dlq(stack, t, 3) if headers(m)["otbus_dlq_stage"] == "normalizer"]
-    assert len(dead) == 3
+    dead = [m for m in _dlq(stack, t, 5) if headers(m)["otbus_dlq_stage"] == "normalizer"]
+    assert len(dead) == 5
     h = [headers(m) for m in dead]
     assert all(x["otbus_dlq_topic"] == topic for x in h)
     assert any("unknown value encoding" in x["otbus_dlq_reason"] for x in h)
     assert any("ce_tenant" in x["otbus_dlq_reason"] for x in h)
-    rec = AvroCodec().decode(dead[0].value(), "dead_letter")
-    assert rec["original_value"] == b"not avro at all" and rec["original_topic"] == topic
+    assert any("not UTF-8" in x["otbus_dlq_reason"] for x in h)
+    assert any("first_id" in x["otbus_dlq_reason"] for x in h)
+    originals = [AvroCodec().decode(m.value(), "dead_letter") for m in dead]
+    assert any(r["original_value"] == b"not avro at all" and r["original_topic"] == topic for r in originals)
 
 
 def _batch() -> dict:
@@ -211,6 +247,57 @@ def test_row_level_security_holds_without_the_filter(stack: Stack) -> None:
         c.execute("SELECT set_config('otbus.tenant', %s, false)", (other,))
         rows = c.execute("SELECT count(*) FROM otbus_events WHERE tenant = %s", (t,)).fetchone()
         assert rows == (0,)
+
+
+def test_the_query_path_runs_under_row_level_security(stack: Stack) -> None:
+    """The app's per-request transaction (role + tenant) hides other tenants even without a filter."""
+    from sqlalchemy import create_engine, func, select, text
+
+    from otbus_event_store.query import EventQueries
+
+    t, other = stack.tenants[0], stack.tenants[1]
+    engine = create_engine(stack.infra.database_url.replace("postgresql://", "postgresql+psycopg://"))
+    try:
+        q = EventQueries(engine)
+        with engine.begin() as conn:
+            q._tenant_tx(conn, t)
+            assert conn.execute(text("SELECT current_user")).scalar() == "otbus_query"
+            tenants = conn.execute(select(q.table.c.tenant).distinct()).scalars().all()
+            assert tenants == [t]
+        with engine.begin() as conn:
+            q._tenant_tx(conn, other)
+            mine = conn.execute(select(func.count()).select_from(q.table).where(q.table.c.tenant == t)).scalar()
+            assert mine == 0
+    finally:
+        engine.dispose()
+
+
+def test_streamed_body_over_limit_is_413(stack: Stack) -> None:
+    def chunks() -> Iterator[bytes]:
+        yield b"["
+        for _ in range(20_000):
+            yield b'{"tagPath": "a", "value": "' + b"x" * 1000 + b'"},'
+        yield b'{"tagPath": "a"}]'
+
+    r = httpx.post(
+        f"{stack.ingest.url}/system/zerobus/ingest/batch",
+        content=chunks(),
+        headers={"X-API-Key": stack.keys[stack.tenants[0]]},
+        timeout=60,
+    )
+    assert r.status_code == 413 and "limit" in r.json()["detail"]
+
+
+def test_identifier_headers_are_checked(stack: Stack) -> None:
+    t = stack.tenants[0]
+    body = json.dumps(list(ignition_events(1)))
+    for name, value in (("X-Request-Id", "x" * 200), ("X-Otbus-Source", "a b/c")):
+        r = httpx.post(
+            f"{stack.ingest.url}/system/zerobus/ingest/batch",
+            content=body,
+            headers={"X-API-Key": stack.keys[t], name: value},
+        )
+        assert r.status_code == 400 and r.json()["field"] == name.lower()
 
 
 def test_sigterm_finishes_and_exits_cleanly(stack: Stack) -> None:

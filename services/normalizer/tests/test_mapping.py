@@ -40,7 +40,12 @@ from otbus_normalizer.quality import map_quality
         ("mqtt", None, 64, "UNCERTAIN"),
         ("mqtt", None, 0, "BAD"),
         ("sparkplug", None, 192, "GOOD"),
-        ("sparkplug", None, 500, "UNCERTAIN"),
+        ("sparkplug", None, 500, "BAD"),
+        ("sparkplug", None, 0, "BAD"),
+        ("sparkplug", None, 1073742081, "UNCERTAIN"),
+        ("http", "Bad_Stale", 192, "BAD"),  # the script's default code does not hide a bad text
+        ("http", "Good", -2147483132, "BAD"),
+        ("opcua", "Uncertain", 0, "UNCERTAIN"),
     ],
 )
 def test_quality_mapping(protocol: str, text: str | None, code: int | None, want: str) -> None:

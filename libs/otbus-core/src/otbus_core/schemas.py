@@ -90,8 +90,12 @@ class SchemaCatalog:
     def by_fingerprint(self, fp: bytes) -> AvroSchema | None:
         return self._by_fp.get(fp)
 
-    def keys(self) -> list[str]:
+    def names(self) -> list[str]:
         return sorted(self._by_key)
+
+    def fingerprints(self) -> dict[str, str]:
+        """`<name>/v<N>` -> fingerprint hex, as pinned in schemas/avro/fingerprints.json."""
+        return {f"{k}/v{s.version}": s.fingerprint.hex() for k in self.names() for s in self._by_key[k]}
 
 
 def strip_logical_types(schema: Any) -> Any:
@@ -121,3 +125,7 @@ def strip_logical_types(schema: Any) -> Any:
 @cache
 def catalog() -> SchemaCatalog:
     return SchemaCatalog(schemas_root())
+
+
+if __name__ == "__main__":  # print the fingerprints to pin in schemas/avro/fingerprints.json
+    print(json.dumps(catalog().fingerprints(), indent=2))  # noqa: T201

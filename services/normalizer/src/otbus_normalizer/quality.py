@@ -46,10 +46,20 @@ def modbus_quality(code: int) -> str:
     return GOOD if code == 0 else BAD
 
 
+def sparkplug_quality(code: int) -> str:
+    """Sparkplug's quality property: Ignition 7 style 0 = bad, 192 = good, 500 = stale (bad),
+    otherwise an Ignition 8 QualityCode."""
+    if code in (0, 500):
+        return BAD
+    return ignition_quality(code)
+
+
+_RANK = {GOOD: 0, UNCERTAIN: 1, BAD: 2}
+
 _BY_PROTOCOL = {
     "opcua": opcua_quality,
     "http": ignition_quality,
-    "sparkplug": ignition_quality,
+    "sparkplug": sparkplug_quality,
     "mqtt": da_quality,
     "modbus": modbus_quality,
 }
@@ -67,16 +77,18 @@ def text_quality(text: str) -> str | None:
 
 
 def map_quality(protocol: str, text: str | None, code: int | None) -> str:
-    """The protocol's code decides when present; otherwise the text; otherwise GOOD.
+    """The worse of what the protocol's code and the quality text say; GOOD when neither is given.
 
-    A reading that carries no quality at all is GOOD (Sparkplug publishers routinely
-    omit the quality of good values).
+    Taking the worse one matters: Ignition's script handler fills in `qualityCode` 192
+    when an event has none, while its `quality` text may say `Bad_Stale`. Text that is
+    given but means nothing known counts as UNCERTAIN. A reading with no quality at all
+    is GOOD (Sparkplug publishers routinely omit the quality of good values).
     """
+    levels = []
     if code is not None:
-        return _BY_PROTOCOL.get(protocol, da_quality)(code)
+        levels.append(_BY_PROTOCOL.get(protocol, da_quality)(code))
     if text:
-        q = text_quality(text)
-        if q is not None:
-            return q
-        return UNCERTAIN
-    return GOOD
+        levels.append(text_quality(text) or UNCERTAIN)
+    if not levels:
+        return GOOD
+    return max(levels, key=_RANK.__getitem__)

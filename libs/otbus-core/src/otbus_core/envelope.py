@@ -9,7 +9,6 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
 
 from confluent_kafka import Message
 
@@ -28,7 +27,6 @@ __all__ = [
     "envelope_of",
     "micros_to_rfc3339",
     "now_micros",
-    "rfc3339_to_micros",
 ]
 
 TYPE_RAW_READINGS = "otbus.ot.raw.readings.v1"
@@ -36,8 +34,6 @@ TYPE_TAG = "otbus.ot.tag.v1"
 TYPE_DEAD_LETTER = "otbus.ot.deadletter.v1"
 SPECVERSION = "1.0"
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICRO = timedelta(microseconds=1)
 _REQUIRED = ("ce_specversion", "ce_id", "ce_source", "ce_type", "ce_tenant")
 
 
@@ -88,13 +84,6 @@ def ce_headers(
     if causationid is not None:
         h.append(("ce_causationid", causationid))
     return h
-
-
-def rfc3339_to_micros(s: str) -> int:
-    dt = datetime.fromisoformat(s)
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    return (dt - _EPOCH) // _MICRO
 
 
 @dataclass(frozen=True, slots=True)

@@ -65,10 +65,12 @@ def test_rows_postgres_refuses_are_returned_and_the_rest_written(infra: Infra, t
     migrate(infra.database_url)
     w = EventWriter(infra.database_url)
     bad = _event(tenant, 1, payload={"s": "nul \u0000 inside"})  # jsonb cannot hold NUL
-    good = [_event(tenant, i) for i in range(2, 12)]
-    refused = w.write([*good[:5], bad, *good[5:]])
-    assert [ev for ev, _ in refused] == [bad]
-    assert "refused" in refused[0][1]
+    bad_id = _event(tenant, 2)._replace(event_id="not-a-uuid")
+    bad_time = _event(tenant, 3)._replace(time="2026-13-45T25:00:00Z")
+    good = [_event(tenant, i) for i in range(4, 14)]
+    refused = w.write([*good[:5], bad, bad_id, *good[5:], bad_time])
+    assert [ev for ev, _ in refused] == [bad, bad_id, bad_time]
+    assert all("refused" in why for _, why in refused)
     assert _count(infra, tenant) == 10
     w.close()
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
 import psycopg
 from psycopg import errors, sql
@@ -62,10 +62,11 @@ def _transient(e: psycopg.Error) -> bool:
     return state is None or state[:2] not in _ROW_FAULT_CLASSES
 
 
-@dataclass(frozen=True, slots=True)
-class StoredEvent:
+class StoredEvent(NamedTuple):
+    """One row of `otbus_events`, in COPY column order (a tuple, so COPY takes it as it is)."""
+
     event_id: str
-    time: datetime
+    time: str | datetime  # RFC 3339 text as it came in ce_time; PostgreSQL parses and checks it
     tenant: str
     type: str
     source: str
@@ -80,22 +81,7 @@ class StoredEvent:
     offset: int
 
     def row(self) -> tuple[object, ...]:
-        return (
-            self.event_id,
-            self.time,
-            self.tenant,
-            self.type,
-            self.source,
-            self.subject,
-            self.correlation_id,
-            self.causation_id,
-            self.dataschema,
-            self.content_type,
-            self.payload,
-            self.topic,
-            self.partition,
-            self.offset,
-        )
+        return self
 
 
 class EventWriter:
@@ -128,7 +114,7 @@ class EventWriter:
             try:
                 with conn.transaction(), conn.cursor() as cur, cur.copy(_COPY) as cp:
                     for ev in events:
-                        cp.write_row(ev.row())
+                        cp.write_row(ev)
                 return []
             except errors.UniqueViolation:
                 return self._merge(conn, events)
@@ -149,7 +135,7 @@ class EventWriter:
                 cur.execute(_STAGE)
                 with cur.copy(_COPY_STAGE) as cp:
                     for ev in events:
-                        cp.write_row(ev.row())
+                        cp.write_row(ev)
                 cur.execute(_MERGE)
                 inserted = cur.rowcount
             self.duplicates += len(events) - inserted
@@ -169,7 +155,7 @@ class EventWriter:
             for ev in events:
                 try:
                     with conn.transaction():  # a savepoint per row
-                        cur.execute(_INSERT_ONE, ev.row())
+                        cur.execute(_INSERT_ONE, ev)
                         if cur.rowcount == 0:
                             self.duplicates += 1
                 except psycopg.Error as e:

@@ -167,7 +167,15 @@ class ConsumerRunner:
                 self.last_loop = time.monotonic()
                 if self._paused and self.last_loop >= self._resume_at:
                     self._resume(consumer)
-                msgs = consumer.consume(self.config.batch_size, self.config.batch_timeout)
+                # wait for the first record only, then take what is already there: a batch never
+                # waits for company, so latency stays low at low rates and batches grow under load
+                first = consumer.poll(self.config.batch_timeout)
+                if first is None:
+                    self._refresh_lag(consumer)
+                    continue
+                msgs = (
+                    [first, *consumer.consume(self.config.batch_size - 1, 0)] if self.config.batch_size > 1 else [first]
+                )
                 batch = self._usable(msgs)
                 if batch:
                     self._process(consumer, batch)

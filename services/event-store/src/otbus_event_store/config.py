@@ -25,7 +25,9 @@ class EventStoreSettings(DatabaseSettings):
     extra_topics: list[str] = []
     """Further event topics or '^regex' patterns to store besides every tenant's tags topic."""
     batch_size: int = Field(5000, ge=1, le=100_000)
-    batch_timeout_ms: int = Field(50, ge=1)
+    """Events per COPY and offset commit, at most."""
+    batch_timeout_ms: int = Field(100, ge=1)
+    """How long to wait for the first record of a batch (a batch never waits for more)."""
     retention_days: int = Field(30, ge=1)
     partitions_ahead_days: int = Field(2, ge=1, le=60)
     api_tokens: dict[str, str] = {}

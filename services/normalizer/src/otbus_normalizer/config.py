@@ -19,8 +19,10 @@ class NormalizerSettings(OtbusSettings):
     group_id: str = "otbus-normalizer"
     instance_id: str | None = None
     """Stable per replica (transactional id and static group membership); defaults to the host name."""
-    batch_size: int = Field(5000, ge=1, le=100_000)
-    batch_timeout_ms: int = Field(50, ge=1)
+    batch_size: int = Field(20, ge=1, le=10_000)
+    """Raw records per transaction; each holds up to 1000 readings, so this bounds memory too."""
+    batch_timeout_ms: int = Field(100, ge=1)
+    """How long to wait for the first record of a batch (a batch never waits for more)."""
     path_template: str = "{site}/{area}/{line}/{equipment}/{signal_type}/{tag_name}"
     default_context: dict[str, str] = {
         "site": "site",

@@ -22,6 +22,7 @@ from confluent_kafka import Producer as KafkaProducer
 from otbus_core.codec import AvroCodec
 from otbus_core.ids import uuid7_seq
 from otbus_core.producer import PRODUCER_DEFAULTS
+from otbus_core.raw import NONE, unpack_values
 from otbus_core.schemas import RAW_READING_BATCH, TAG_RECORD
 
 _TYPES = {bool: "BOOLEAN", int: "INT64", float: "DOUBLE", str: "STRING", type(None): "NULL"}
@@ -63,7 +64,7 @@ def main() -> int:
                 continue
             batch = codec.decode(msg.value(), RAW_READING_BATCH)
             source_id, protocol = batch["source_id"], batch["protocol"]
-            tags, values, codes = batch["tags"], batch["values"], batch["quality_codes"]
+            tags, values, codes = batch["tags"], unpack_values(batch), batch["quality_codes"]
             times, units, received = batch["source_times"], batch["units"], batch["received_time"]
             ids = uuid7_seq(batch["first_id"], len(tags))
             for i, tag in enumerate(tags):
@@ -85,8 +86,8 @@ def main() -> int:
                     "data_type": _TYPES.get(type(value), "STRING"),
                     "unit": units[i] or None if units else None,
                     "quality": "GOOD",
-                    "quality_code": codes[i],
-                    "source_time": times[i] or received,
+                    "quality_code": None if codes[i] == NONE else codes[i],
+                    "source_time": received if times[i] == NONE else times[i],
                     "ingest_time": received,
                     "source_id": source_id,
                     "protocol": protocol,

@@ -120,11 +120,12 @@ def test_normalizer_dead_letters_poison_and_the_partition_moves_on(stack: Stack)
                 **_batch(),
                 "first_id": "zz",
                 "tags": ["a"],
-                "values": [1],
+                "value_kinds": b"\x02",
+                "longs": [1],
                 "data_types": [""],
                 "qualities": [""],
-                "quality_codes": [None],
-                "source_times": [None],
+                "quality_codes": [0],
+                "source_times": [0],
             },
             topic,
         ),
@@ -160,7 +161,8 @@ def _batch() -> dict:
         "context": {},
         "first_id": uuid7(),
         "received_time": 0,
-        **{k: empty for k in ("tags", "values", "data_types", "qualities", "quality_codes", "source_times")},
+        "value_kinds": b"",
+        **{k: empty for k in ("tags", "data_types", "qualities", "quality_codes", "source_times")},
     }
 
 

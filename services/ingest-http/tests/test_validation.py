@@ -89,4 +89,3 @@ def test_timestamps_milliseconds_or_seconds() -> None:
     assert timestamp_micros(1767225600000) == 1767225600000000
     assert timestamp_micros(1767225600.5) == 1767225600500000  # seconds
     assert timestamp_micros(1767225600000.25) == 1767225600000250
-    assert timestamp_micros(None) is None

@@ -4,6 +4,7 @@ import pytest
 
 from otbus_core.exceptions import ConfigError, PoisonRecord
 from otbus_core.ids import uuid7, uuid7_block, uuid7_seq
+from otbus_core.raw import NONE, pack_values
 from otbus_normalizer.mapping import (
     PathTemplate,
     Reading,
@@ -147,11 +148,11 @@ def test_columns_give_readings_with_consecutive_ids() -> None:
         "first_id": first,
         "received_time": 5,
         "tags": ["a", "b", "c"],
-        "values": [1, 2.5, None],
+        **pack_values([1, 2.5, None]),
         "data_types": ["", "float", ""],
         "qualities": ["", "", "Bad"],
-        "quality_codes": [None, 192, None],
-        "source_times": [None, 7, None],
+        "quality_codes": [NONE, 192, NONE],
+        "source_times": [NONE, 7, NONE],
         "units": [],
         "attributes": [],
     }
@@ -159,5 +160,10 @@ def test_columns_give_readings_with_consecutive_ids() -> None:
     assert [r.id for r in rs] == uuid7_seq(first, 3) and rs[0].id == first
     assert [r.tag for r in rs] == ["a", "b", "c"] and rs[1].data_type == "float" and rs[1].source_time == 7
     assert rs[2].unit == "" and rs[2].attributes == {}
+    assert [r.value for r in rs] == [1, 2.5, None] and rs[0].quality_code is None and rs[0].source_time is None
     with pytest.raises(PoisonRecord, match="different lengths"):
-        columns({**batch, "values": [1]})
+        columns({**batch, "qualities": [""]})
+    with pytest.raises(PoisonRecord, match="longs"):
+        columns({**batch, "longs": []})
+    with pytest.raises(PoisonRecord, match="kind other than"):
+        columns({**batch, "value_kinds": b"\x02\x03\x09"})

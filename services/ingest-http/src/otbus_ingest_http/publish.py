@@ -10,6 +10,7 @@ from otbus_core.codec import AvroCodec
 from otbus_core.dlq import encode_dead_letter
 from otbus_core.envelope import TYPE_RAW_READINGS, ce_headers, micros_to_rfc3339, now_micros
 from otbus_core.ids import uuid7, uuid7_block
+from otbus_core.raw import NONE, pack_values
 from otbus_core.records import DeadLetter, OutRecord
 from otbus_core.schemas import RAW_READING_BATCH
 from otbus_core.topics import raw_topic
@@ -105,11 +106,11 @@ def _columns(source_id: str, context: dict[str, str], received: int, chunk: Sequ
         "first_id": uuid7_block(len(chunk)),
         "received_time": received,
         "tags": [_tag(ev.tagPath, ev.tagProvider) for ev in chunk],
-        "values": [ev.value for ev in chunk],
+        **pack_values(ev.value for ev in chunk),
         "data_types": [ev.dataType or "" for ev in chunk],
         "qualities": [ev.quality or "" for ev in chunk],
-        "quality_codes": [ev.qualityCode for ev in chunk],
-        "source_times": [timestamp_micros(ev.timestamp) for ev in chunk],
+        "quality_codes": [NONE if (c := ev.qualityCode) is None else c for ev in chunk],
+        "source_times": [NONE if (t := ev.timestamp) is None else timestamp_micros(t) for ev in chunk],
     }
 
 

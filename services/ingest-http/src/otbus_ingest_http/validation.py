@@ -160,10 +160,8 @@ def _item_error(i: int, message: str) -> ItemError:
     return ItemError(i, m.group(1) if m and m.group(1) else None, message)
 
 
-def timestamp_micros(ts: float | int | None) -> int | None:
+def timestamp_micros(ts: float | int) -> int:
     """Epoch milliseconds (Ignition's `system.date.now().time`), or seconds when below 1e11."""
-    if ts is None:
-        return None
     if ts < _SECONDS_BELOW:
         return int(ts * 1_000_000)
     return int(ts * 1000)

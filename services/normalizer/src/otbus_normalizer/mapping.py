@@ -13,6 +13,7 @@ from typing import Any
 
 from otbus_core.exceptions import ConfigError, PoisonRecord
 from otbus_core.ids import derive_uuid7, uuid7_seq
+from otbus_core.raw import NONE, unpack_values
 from otbus_normalizer.quality import BAD, map_quality
 
 __all__ = [
@@ -269,7 +270,7 @@ def columns(batch: Mapping[str, Any]) -> list[Reading]:
     """The readings of a raw batch; a batch whose columns disagree in length is poison."""
     tags = batch["tags"]
     n = len(tags)
-    cols = [batch[k] for k in ("values", "data_types", "qualities", "quality_codes", "source_times")]
+    cols = [unpack_values(batch), *(batch[k] for k in ("data_types", "qualities", "quality_codes", "source_times"))]
     units, attrs = batch["units"], batch["attributes"]
     if any(len(c) != n for c in cols) or len(units) not in (0, n) or len(attrs) not in (0, n):
         raise PoisonRecord(f"raw batch columns have different lengths (tags: {n})")
@@ -286,8 +287,8 @@ def columns(batch: Mapping[str, Any]) -> list[Reading]:
             values[i],
             data_types[i],
             qualities[i],
-            codes[i],
-            times[i],
+            None if codes[i] == NONE else codes[i],
+            None if times[i] == NONE else times[i],
             received,
             units[i] if units else "",
             attrs[i] if attrs else _NO_ATTRS,

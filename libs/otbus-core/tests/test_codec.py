@@ -172,3 +172,33 @@ def test_fast_encoding_is_byte_identical_and_strangers_get_logical_types() -> No
     assert theirs["source_time"].timestamp() * 1_000_000 == pytest.approx(TAG["source_time"])
     back = codec.decode(ours, "tag_record")
     assert back["source_time"] == TAG["source_time"] and back["event_id"] == TAG["event_id"]
+
+
+def test_split_encoder_writes_exactly_what_fastavro_writes() -> None:
+    import random
+
+    from otbus_core.codec import SplitEncoder
+
+    codec = AvroCodec()
+    schema = codec.schemas.latest("tag_record")
+    parts = ("tenant", "path", "site", "area", "line", "equipment", "signal_type", "tag_name")
+    enc = SplitEncoder(schema, [parts, ("source_id", "protocol", "source_tag")])
+    rng = random.Random(3)
+    values = [None, True, False, 0, -1, 2**63 - 1, -(2**63), 1.5, float("inf"), "", "ü€𝄞" * 50, "x" * 300]
+    for i in range(500):
+        rec = {
+            **TAG,
+            "event_id": uuid7(),
+            "path": f"p/{rng.randrange(20)}/{'é' * rng.randrange(70)}",
+            "source_tag": f"[default]{rng.randrange(20)}",
+            "value": rng.choice(values),
+            "unit": rng.choice([None, "°C", ""]),
+            "quality_code": rng.choice([None, 192, -2147483132]),
+            "source_time": rng.randrange(-(2**62), 2**62),
+            "raw_event_id": uuid7(),
+        }
+        full = io.BytesIO()
+        fastavro.schemaless_writer(full, schema.fast, rec)
+        assert enc.encode(rec) == full.getvalue(), i
+    with pytest.raises(ValueError, match="consecutive"):
+        SplitEncoder(schema, [("tenant", "site")])

@@ -14,6 +14,7 @@ import io
 import json
 import struct
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
@@ -21,7 +22,7 @@ from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from otbus_core.exceptions import DecodeError, TransientError
 from otbus_core.schemas import AvroSchema, SchemaCatalog, catalog, strip_logical_types
 
-__all__ = ["AVRO_CONTENT_TYPE", "AvroCodec"]
+__all__ = ["AVRO_CONTENT_TYPE", "AvroCodec", "SplitEncoder"]
 
 AVRO_CONTENT_TYPE = "application/avro"
 _SINGLE_OBJECT_MAGIC = b"\xc3\x01"
@@ -166,3 +167,88 @@ class AvroCodec:
         parsed = parse_schema(strip_logical_types(json.loads(schema.schema_str)), _write_hint=False)
         self._by_id[schema_id] = parsed
         return parsed
+
+
+class SplitEncoder:
+    """Encodes records of one schema run by run, reusing the bytes of runs that repeat.
+
+    Avro's binary encoding of a record is the concatenation of its fields' encodings, so a
+    record can be written as consecutive runs of fields. The runs named in `cached` (each a
+    list of consecutive field names) are encoded by fastavro once per distinct set of
+    values and then reused: a tag's path parts and source, say, are the same in every
+    reading of that tag. The other runs are encoded by fastavro each time (a lone string
+    field directly: its length as a zigzag varint, then its UTF-8 bytes). The result is
+    byte for byte what encoding the whole record gives; a test holds it to that.
+    """
+
+    _MAX_CACHED = 200_000
+
+    def __init__(self, schema: AvroSchema, cached: Sequence[Sequence[str]]) -> None:
+        doc = strip_logical_types(json.loads(schema.source))
+        fields = doc["fields"]
+        names = [f["name"] for f in fields]
+        starts = {g[0]: list(g) for g in cached}
+        self._runs: list[tuple[str, Any, tuple[str, ...]]] = []  # (kind, schema or None, field names)
+        self._caches: list[dict[tuple[Any, ...], bytes]] = []
+        i = 0
+        while i < len(fields):
+            group = starts.get(names[i])
+            if group is not None:
+                if names[i : i + len(group)] != group:
+                    raise ValueError(f"cached run {group} is not a run of consecutive fields of {schema.full_name}")
+                self._runs.append(("cached", self._sub(doc, fields[i : i + len(group)], i), tuple(group)))
+                self._caches.append({})
+                i += len(group)
+                continue
+            j = i
+            while j < len(fields) and names[j] not in starts:
+                j += 1
+            run = fields[i:j]
+            if len(run) == 1 and run[0]["type"] == "string":
+                self._runs.append(("string", None, (run[0]["name"],)))
+            else:
+                self._runs.append(("fields", self._sub(doc, run, i), tuple(f["name"] for f in run)))
+            i = j
+
+    @staticmethod
+    def _sub(doc: dict[str, Any], fields: list[Any], at: int) -> Any:
+        return parse_schema(
+            {"type": "record", "name": f"{doc['name']}Run{at}", "namespace": doc.get("namespace"), "fields": fields},
+            _write_hint=False,
+        )
+
+    def encode(self, record: dict[str, Any]) -> bytes:
+        parts: list[bytes] = []
+        cache_no = 0
+        for kind, schema, names in self._runs:
+            if kind == "string":
+                parts.append(_avro_string(record[names[0]]))
+            elif kind == "fields":
+                buf = io.BytesIO()
+                schemaless_writer(buf, schema, record)
+                parts.append(buf.getvalue())
+            else:
+                cache = self._caches[cache_no]
+                cache_no += 1
+                key = tuple(record[n] for n in names)
+                b = cache.get(key)
+                if b is None:
+                    buf = io.BytesIO()
+                    schemaless_writer(buf, schema, record)
+                    b = buf.getvalue()
+                    if len(cache) >= self._MAX_CACHED:
+                        cache.clear()
+                    cache[key] = b
+                parts.append(b)
+        return b"".join(parts)
+
+
+def _avro_string(s: str) -> bytes:
+    data = s.encode()
+    n = len(data) << 1  # zigzag of a non-negative length
+    head = bytearray()
+    while n > 0x7F:
+        head.append((n & 0x7F) | 0x80)
+        n >>= 7
+    head.append(n)
+    return bytes(head) + data

@@ -7,7 +7,7 @@ from typing import Any
 
 from confluent_kafka import Message
 
-from otbus_core.codec import AvroCodec
+from otbus_core.codec import AvroCodec, SplitEncoder
 from otbus_core.dlq import dead_letter_from_message
 from otbus_core.envelope import TYPE_TAG, Envelope, ce_headers, envelope_of, micros_to_rfc3339
 from otbus_core.exceptions import DecodeError, InvalidTenant, PoisonRecord
@@ -19,13 +19,16 @@ from otbus_normalizer.mapping import TagMapper, columns
 __all__ = ["STAGE", "NormalizerHandler"]
 
 STAGE = "normalizer"
+_TAG_PARTS = ("tenant", "path", "site", "area", "line", "equipment", "signal_type", "tag_name")
+_TAG_SOURCE = ("source_id", "protocol", "source_tag")
 
 
 class NormalizerHandler:
     def __init__(self, codec: AvroCodec, mapper: TagMapper) -> None:
         self.codec = codec
         self.mapper = mapper
-        self._tag_schema = codec.schemas.latest(TAG_RECORD)
+        # a tag's path parts and its source are the same in every reading of it: encoded once
+        self._encoder = SplitEncoder(codec.schemas.latest(TAG_RECORD), [_TAG_PARTS, _TAG_SOURCE])
 
     def handle(self, messages: list[Message]) -> Outcome:
         out = Outcome()
@@ -46,8 +49,7 @@ class NormalizerHandler:
         ctx = self.mapper.context_for(source_id, batch["context"])
         source = f"/otbus/{protocol}/{source_id}"
         correlation = env.correlationid or env.id
-        encode = self.codec.encode_with
-        schema = self._tag_schema
+        encode = self._encoder.encode
         try:
             readings = columns(batch)
         except PoisonRecord as e:
@@ -80,4 +82,4 @@ class NormalizerHandler:
                 correlation,
                 rec["raw_event_id"],
             )
-            out.outputs.append(OutRecord(topic, encode(prefix, schema, rec), rec["path"], headers))
+            out.outputs.append(OutRecord(topic, prefix + encode(rec), rec["path"], headers))

@@ -8,8 +8,8 @@ import math
 import re
 import string
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
 from otbus_core.exceptions import ConfigError, PoisonRecord
 from otbus_core.ids import derive_uuid7, uuid7_seq
@@ -238,8 +238,10 @@ class TagMapper:
         }
 
 
-@dataclass(frozen=True, slots=True)
-class Reading:
+_NO_ATTRS: Mapping[str, str] = MappingProxyType({})
+
+
+class Reading(NamedTuple):
     """One reading of a raw batch (row i of its columns)."""
 
     id: str
@@ -251,7 +253,7 @@ class Reading:
     source_time: int | None
     received_time: int
     unit: str = ""
-    attributes: Mapping[str, str] = field(default_factory=dict)
+    attributes: Mapping[str, str] = _NO_ATTRS
 
     def as_json(self) -> bytes:
         fields = ("id", "tag", "value", "data_type", "quality", "quality_code", "source_time", "received_time")
@@ -260,7 +262,6 @@ class Reading:
         return json.dumps(doc, default=str, allow_nan=True).encode()
 
 
-_NO_ATTRS: Mapping[str, str] = {}
 _MIN_TIME = -62_135_596_800_000_000  # 0001-01-01, microseconds
 _MAX_TIME = 253_402_300_799_999_999  # 9999-12-31
 _PATH_CACHE = 200_000  # distinct tags remembered per normalizer before the cache starts over

@@ -164,7 +164,7 @@ class AvroCodec:
             raise TransientError(f"schema registry lookup of id {schema_id} failed: {e}") from e
         except Exception as e:  # connection refused, timeouts: the registry is away
             raise TransientError(f"schema registry lookup of id {schema_id} failed: {e}") from e
-        parsed = parse_schema(strip_logical_types(json.loads(schema.schema_str)), _write_hint=False)
+        parsed = parse_schema(strip_logical_types(json.loads(schema.schema_str)))
         self._by_id[schema_id] = parsed
         return parsed
 
@@ -213,8 +213,7 @@ class SplitEncoder:
     @staticmethod
     def _sub(doc: dict[str, Any], fields: list[Any], at: int) -> Any:
         return parse_schema(
-            {"type": "record", "name": f"{doc['name']}Run{at}", "namespace": doc.get("namespace"), "fields": fields},
-            _write_hint=False,
+            {"type": "record", "name": f"{doc['name']}Run{at}", "namespace": doc.get("namespace"), "fields": fields}
         )
 
     def encode(self, record: dict[str, Any]) -> bytes:

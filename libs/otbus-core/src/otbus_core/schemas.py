@@ -70,12 +70,12 @@ class SchemaCatalog:
     def _load(path: Path) -> AvroSchema:
         text = path.read_text()
         doc = json.loads(text)
-        parsed = parse_schema(doc, _write_hint=False)
+        parsed = parse_schema(doc)
         canonical = to_parsing_canonical_form(doc)
         fp = bytes.fromhex(fingerprint(canonical, "CRC-64-AVRO"))
         version = int(path.stem.removeprefix("v"))
         full_name = f"{doc['namespace']}.{doc['name']}"
-        fast = parse_schema(strip_logical_types(doc), _write_hint=False)
+        fast = parse_schema(strip_logical_types(doc))
         return AvroSchema(path.parent.name, version, full_name, text, parsed, fast, fp)
 
     def latest(self, key: str) -> AvroSchema:

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import io
 import json
+import operator
 import struct
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
@@ -189,7 +190,8 @@ class SplitEncoder:
         names = [f["name"] for f in fields]
         starts = {g[0]: list(g) for g in cached}
         self._runs: list[tuple[str, Any, tuple[str, ...]]] = []  # (kind, schema or None, field names)
-        self._caches: list[dict[tuple[Any, ...], bytes]] = []
+        self._caches: list[dict[Any, bytes]] = []
+        self._keys: list[Callable[[dict[str, Any]], Any]] = []
         i = 0
         while i < len(fields):
             group = starts.get(names[i])
@@ -198,6 +200,7 @@ class SplitEncoder:
                     raise ValueError(f"cached run {group} is not a run of consecutive fields of {schema.full_name}")
                 self._runs.append(("cached", self._sub(doc, fields[i : i + len(group)], i), tuple(group)))
                 self._caches.append({})
+                self._keys.append(operator.itemgetter(*group))
                 i += len(group)
                 continue
             j = i
@@ -228,8 +231,8 @@ class SplitEncoder:
                 parts.append(buf.getvalue())
             else:
                 cache = self._caches[cache_no]
+                key = self._keys[cache_no](record)
                 cache_no += 1
-                key = tuple(record[n] for n in names)
                 b = cache.get(key)
                 if b is None:
                     buf = io.BytesIO()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import msgspec
@@ -63,15 +64,40 @@ def to_stored_event(msg: Message, codec: AvroCodec) -> StoredEvent:
 
 
 class StoreHandler:
-    def __init__(self, codec: AvroCodec, writer: EventWriter) -> None:
+    """Messages to rows, written in chunks: while PostgreSQL takes in one chunk (COPY, on the
+    writer's thread), the next is decoded here, so Python and the database work side by side.
+    Every chunk is committed before `handle` returns, so offsets are still committed only
+    after everything is durable; a crash in between redelivers rows the store already has."""
+
+    def __init__(self, codec: AvroCodec, writer: EventWriter, chunk: int = 1000) -> None:
         self.codec = codec
         self.writer = writer
+        self.chunk = chunk
         self.skipped = 0
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="event-store-copy")
 
     def handle(self, messages: list[Message]) -> Outcome:
         out = Outcome()
-        events: list[StoredEvent] = []
         origin: dict[int, Message] = {}
+        pending: Future[list[tuple[StoredEvent, str]]] | None = None
+        refused: list[tuple[StoredEvent, str]] = []
+        try:
+            for start in range(0, len(messages), self.chunk):
+                events = self._rows(messages[start : start + self.chunk], origin, out)
+                if pending is not None:
+                    refused += pending.result()
+                pending = self._pool.submit(self.writer.write, events)
+        finally:
+            if pending is not None:
+                refused += pending.result()  # never leave a write running behind a failure
+        for ev, reason in refused:
+            out.dead.append(
+                dead_letter_from_message(origin[id(ev)], stage=STAGE, reason=reason, error_type="DatabaseRefused")
+            )
+        return out
+
+    def _rows(self, messages: list[Message], origin: dict[int, Message], out: Outcome) -> list[StoredEvent]:
+        events: list[StoredEvent] = []
         for msg in messages:
             if _NOT_EVENTS.search(position(msg)[0]):
                 self.skipped += 1  # a broad extra-topics pattern matched a raw or DLQ topic
@@ -83,8 +109,4 @@ class StoreHandler:
                 continue
             origin[id(ev)] = msg
             events.append(ev)
-        for ev, reason in self.writer.write(events):
-            out.dead.append(
-                dead_letter_from_message(origin[id(ev)], stage=STAGE, reason=reason, error_type="DatabaseRefused")
-            )
-        return out
+        return events

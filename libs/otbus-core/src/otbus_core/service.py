@@ -16,22 +16,28 @@ from otbus_core.exceptions import ConfigError
 from otbus_core.logs import configure_logging
 from otbus_core.settings import OtbusSettings, load_settings
 
-__all__ = ["main_http", "start_worker"]
+__all__ = ["configure", "main_http", "start_worker"]
 
 log = logging.getLogger(__name__)
 
 S = TypeVar("S", bound=OtbusSettings)
+T = TypeVar("T")
 
 
-def main_http(prog: str, settings_cls: type[S], create_app: Callable[[S], Any]) -> int:
-    """Load settings, build the app and serve it; invalid config exits 2 with the key named."""
+def configure(prog: str, settings_cls: type[S], build: Callable[[S], T]) -> tuple[S, T]:
+    """Load settings, set up logging and build the service; invalid config exits 2 naming the key."""
     try:
         settings = load_settings(settings_cls)
         configure_logging(settings.service_name, settings.log_level, settings.log_json)
-        app = create_app(settings)
+        return settings, build(settings)
     except ConfigError as e:
         print(f"{prog}: {e}", file=sys.stderr)  # noqa: T201
-        return 2
+        raise SystemExit(2) from None
+
+
+def main_http(prog: str, settings_cls: type[S], create_app: Callable[[S], Any]) -> int:
+    """Configure, build the app and serve it."""
+    settings, app = configure(prog, settings_cls, create_app)
     uvicorn.run(
         app,
         host=settings.host,

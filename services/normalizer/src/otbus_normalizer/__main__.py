@@ -9,13 +9,11 @@ import sys
 from fastapi import FastAPI
 
 from otbus_core.codec import AvroCodec
-from otbus_core.exceptions import ConfigError
 from otbus_core.kafka import admin_client, kafka_reachable
-from otbus_core.logs import configure_logging
 from otbus_core.metrics import PrometheusSensor
 from otbus_core.ops import OpsServer, install_stop_signals, ops_router
 from otbus_core.runner import ConsumerRunner, RunnerConfig
-from otbus_core.settings import load_settings
+from otbus_core.service import configure
 from otbus_core.topics import raw_topics_pattern
 from otbus_normalizer.config import NormalizerSettings
 from otbus_normalizer.handler import STAGE, NormalizerHandler
@@ -40,13 +38,7 @@ def build(settings: NormalizerSettings) -> ConsumerRunner:
 
 
 def main() -> int:
-    try:
-        settings = load_settings(NormalizerSettings)
-        configure_logging(settings.service_name, settings.log_level, settings.log_json)
-        runner = build(settings)
-    except ConfigError as e:
-        print(f"otbus-normalizer: {e}", file=sys.stderr)  # noqa: T201
-        return 2
+    settings, runner = configure("otbus-normalizer", NormalizerSettings, build)
     admin = admin_client(settings)
     app = FastAPI(title="otbus normalizer", docs_url=None, redoc_url=None)
     checks = {"kafka": lambda: kafka_reachable(admin), "consumer": runner.check_ready}

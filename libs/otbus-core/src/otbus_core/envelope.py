@@ -19,6 +19,7 @@ from otbus_core.kafka import headers_of, position
 from otbus_core.topics import tenant_of_topic
 
 __all__ = [
+    "SPECVERSION",
     "TYPE_DEAD_LETTER",
     "TYPE_RAW_READINGS",
     "TYPE_TAG",

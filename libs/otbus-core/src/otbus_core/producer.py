@@ -56,6 +56,7 @@ class Producer:
         if transactional_id:
             conf["transactional.id"] = transactional_id
             conf.setdefault("transaction.timeout.ms", 60_000)
+        conf["on_delivery"] = self._on_delivery  # also for records produced through `raw`
         self._p = _Producer(conf)
         self.sensor = sensor or NullSensor()
         self.delivered = 0

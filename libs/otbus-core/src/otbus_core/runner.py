@@ -351,9 +351,12 @@ class ConsumerRunner:
         records: list[OutRecord] = list(outcome.outputs)
         records += [encode_dead_letter(self.codec, d) for d in outcome.dead]
         self.topics.ensure({r.topic for r in records})
-        p = self.producer
+        produce = self.producer.raw.produce
         for r in records:
-            p.produce(r.topic, r.value, r.key, r.headers)
+            try:
+                produce(r.topic, r.value, r.key, headers=r.headers)  # type: ignore[arg-type]  # lists
+            except BufferError:  # the local queue is full: wait for room through the wrapper
+                self.producer.produce(r.topic, r.value, r.key, r.headers)
         if outcome.dead:
             first = outcome.dead[0]
             log.warning(

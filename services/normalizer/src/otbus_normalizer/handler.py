@@ -7,9 +7,9 @@ from typing import Any
 
 from confluent_kafka import Message
 
-from otbus_core.codec import AvroCodec, SplitEncoder
+from otbus_core.codec import AVRO_CONTENT_TYPE, AvroCodec, SplitEncoder
 from otbus_core.dlq import dead_letter_from_message
-from otbus_core.envelope import TYPE_TAG, Envelope, ce_headers, envelope_of, micros_to_rfc3339
+from otbus_core.envelope import SPECVERSION, TYPE_TAG, Envelope, envelope_of, micros_to_rfc3339
 from otbus_core.exceptions import DecodeError, InvalidTenant, PoisonRecord
 from otbus_core.records import Outcome, OutRecord
 from otbus_core.schemas import RAW_READING_BATCH, TAG_RECORD
@@ -50,6 +50,16 @@ class NormalizerHandler:
         source = f"/otbus/{protocol}/{source_id}"
         correlation = env.correlationid or env.id
         encode = self._encoder.encode
+        # the CloudEvents attributes every record of this batch shares, then four of its own
+        same = [
+            ("ce_specversion", SPECVERSION),
+            ("ce_source", source),
+            ("ce_type", TYPE_TAG),
+            ("ce_tenant", tenant),
+            ("content-type", AVRO_CONTENT_TYPE),
+            ("ce_dataschema", uri),
+            ("ce_correlationid", correlation),
+        ]
         try:
             readings = columns(batch)
         except PoisonRecord as e:
@@ -71,15 +81,12 @@ class NormalizerHandler:
                 )
                 out.dead.append(replace(dead, original_value=reading.as_json()))
                 continue
-            headers = ce_headers(
-                rec["event_id"],
-                source,
-                TYPE_TAG,
-                tenant,
-                micros_to_rfc3339(rec["source_time"]),
-                rec["path"],
-                uri,
-                correlation,
-                rec["raw_event_id"],
-            )
-            out.outputs.append(OutRecord(topic, prefix + encode(rec), rec["path"], headers))
+            path = rec["path"]
+            headers = [
+                *same,
+                ("ce_id", rec["event_id"]),
+                ("ce_time", micros_to_rfc3339(rec["source_time"])),
+                ("ce_subject", path),
+                ("ce_causationid", rec["raw_event_id"]),
+            ]
+            out.outputs.append(OutRecord(topic, prefix + encode(rec), path, headers))

@@ -45,16 +45,14 @@ from bench.common import (
     foreign_topics,
     free_port,
     group_assigned,
-    infra,
     log,
     new_tenant,
     peak_rss_mb,
     percentile,
+    run_alone,
     run_id,
     stop_all,
-    table,
     wait_until,
-    write_report,
 )
 from otbus_core.topics import raw_topic, tags_topic
 
@@ -315,6 +313,4 @@ def run(inf: Infra) -> list[Entry]:
 
 
 if __name__ == "__main__":
-    entries = run(infra())
-    write_report(entries, OUT / "e2e.json")
-    print(table(entries))
+    run_alone("e2e", run)

@@ -34,7 +34,6 @@ from confluent_kafka import Producer as KafkaProducer
 from psycopg import sql
 
 from bench.common import (
-    OUT,
     QUICK,
     CaughtUp,
     CpuMeter,
@@ -49,16 +48,14 @@ from bench.common import (
     foreign_topics,
     free_port,
     group_assigned,
-    infra,
     log,
     metrics,
     new_tenant,
     peak_rss_mb,
+    run_alone,
     run_id,
     stop_all,
-    table,
     tag_records,
-    write_report,
 )
 from otbus_core.codec import AvroCodec
 from otbus_core.ids import uuid7_batch
@@ -281,6 +278,4 @@ def run(inf: Infra) -> list[Entry]:
 
 
 if __name__ == "__main__":
-    entries = run(infra())
-    write_report(entries, OUT / f"{NAME}.json")
-    print(table(entries))
+    run_alone(NAME, run)

@@ -36,13 +36,11 @@ from bench.common import (
     free_port,
     http_get,
     ignition_events,
-    infra,
     log,
     new_tenant,
     peak_rss_mb,
+    run_alone,
     stop_all,
-    table,
-    write_report,
 )
 
 NAME = "ingest_http_batch"
@@ -196,6 +194,4 @@ def run(inf: Infra) -> list[Entry]:
 
 
 if __name__ == "__main__":
-    entries = run(infra())
-    write_report(entries, OUT / f"{NAME}.json")
-    print(table(entries))
+    run_alone(NAME, run)

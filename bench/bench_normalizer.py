@@ -24,7 +24,6 @@ from collections.abc import Callable
 from typing import Any
 
 from bench.common import (
-    OUT,
     QUICK,
     CommittedCounter,
     CpuMeter,
@@ -38,17 +37,15 @@ from bench.common import (
     foreign_topics,
     free_port,
     group_assigned,
-    infra,
     log,
     metrics,
     new_tenant,
     peak_rss_mb,
     produce_all,
     raw_records,
+    run_alone,
     run_id,
     stop_all,
-    table,
-    write_report,
 )
 from otbus_core.topics import raw_topic, tags_topic
 
@@ -201,6 +198,4 @@ def run(inf: Infra) -> list[Entry]:
 
 
 if __name__ == "__main__":
-    entries = run(infra())
-    write_report(entries, OUT / f"{NAME}.json")
-    print(table(entries))
+    run_alone(NAME, run)

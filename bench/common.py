@@ -856,3 +856,10 @@ def peak_rss_mb(pid: int | None) -> float | None:
             if line.startswith("VmHWM:"):
                 return round(int(line.split()[1]) / 1024, 1)
     return None
+
+
+def run_alone(name: str, run: Callable[[Infra], list[Entry]]) -> None:
+    """What `python -m bench.bench_<name>` does: run one benchmark, write its report, print it."""
+    entries = run(infra())
+    write_report(entries, OUT / f"{name}.json")
+    print(table(entries))

@@ -132,6 +132,7 @@ class Service:
     port: int | None = None
     ready_path: str | None = "/readyz"
     proc: subprocess.Popen[bytes] | None = None
+    profiler: subprocess.Popen[bytes] | None = None
     log_path: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -169,6 +170,7 @@ class Service:
                 preexec_fn=_die_with_parent,
             )
         _LIVE.append(self)
+        self._profile()
         if self.ready_path is not None and self.port is not None:
             try:
                 wait_until(self._ready, ready_timeout, f"{self.name} {self.ready_path}", 0.1)
@@ -177,6 +179,18 @@ class Service:
                 self.stop()
                 raise RuntimeError(f"{self.name} did not become ready; log tail:\n{tail}") from None
         return self
+
+    def _profile(self) -> None:
+        """BENCH_PYSPY=1: sample the process with py-spy (collapsed stacks, with native frames
+        and idle time) into bench/out/profile-<name>-<pid>.txt, until it exits."""
+        if not os.environ.get("BENCH_PYSPY") or self.proc is None:
+            return
+        out = LOGS.parent / f"profile-{self.name}-{self.proc.pid}.txt"
+        argv = ["py-spy", "record", "--pid", str(self.proc.pid), "-f", "raw", "-o", str(out), "--idle", "-r", "200"]
+        try:
+            self.profiler = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        except OSError as e:
+            log(f"py-spy could not start ({e}); BENCH_PYSPY needs py-spy on PATH (uv tool install py-spy)")
 
     def _ready(self) -> bool:
         self.check_alive()
@@ -204,6 +218,9 @@ class Service:
                 log(f"{self.name} (pid {self.proc.pid}) ignored SIGTERM for {timeout:.0f}s: killing it")
                 self.proc.kill()
                 self.proc.wait(10)
+        if self.profiler is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.profiler.wait(15)
         if self in _LIVE:
             _LIVE.remove(self)
         return self.proc.returncode

@@ -10,28 +10,37 @@ import pytest
 
 from otbus_core.ids import uuid7
 from otbus_event_store.migrate import ensure_partitions, migrate
-from otbus_event_store.writer import EventWriter, StoredEvent
+from otbus_event_store.writer import EventWriter, copy_line
 from tests.support import Infra
 
 pytestmark = pytest.mark.integration
 
 
-def _event(tenant: str, i: int, payload: object = None, when: datetime | None = None) -> StoredEvent:
-    return StoredEvent(
-        event_id=uuid7(),
-        time=when or datetime.now(UTC),
-        tenant=tenant,
-        type="otbus.ot.tag.v1",
-        source="/otbus/http/test",
-        subject=f"a/b/{i}",
-        correlation_id="c",
-        causation_id=None,
-        dataschema=None,
-        content_type="application/avro",
-        payload=json.dumps(payload if payload is not None else {"i": i}),
-        topic=f"{tenant}.ot.tags.v1",
-        partition=0,
-        offset=i,
+def _event(
+    tenant: str,
+    i: int,
+    payload: object = None,
+    when: datetime | str | None = None,
+    event_id: str | None = None,
+    subject: str | None = None,
+) -> bytes:
+    return copy_line(
+        (
+            event_id or uuid7(),
+            when or datetime.now(UTC),
+            tenant,
+            "otbus.ot.tag.v1",
+            "/otbus/http/test",
+            subject or f"a/b/{i}",
+            "c",
+            None,
+            None,
+            "application/avro",
+            json.dumps(payload if payload is not None else {"i": i}),
+            f"{tenant}.ot.tags.v1",
+            0,
+            i,
+        )
     )
 
 
@@ -65,13 +74,25 @@ def test_rows_postgres_refuses_are_returned_and_the_rest_written(infra: Infra, t
     migrate(infra.database_url)
     w = EventWriter(infra.database_url)
     bad = _event(tenant, 1, payload={"s": "nul \u0000 inside"})  # jsonb cannot hold NUL
-    bad_id = _event(tenant, 2)._replace(event_id="not-a-uuid")
-    bad_time = _event(tenant, 3)._replace(time="2026-13-45T25:00:00Z")
+    bad_id = _event(tenant, 2, event_id="not-a-uuid")
+    bad_time = _event(tenant, 3, when="2026-13-45T25:00:00Z")
     good = [_event(tenant, i) for i in range(4, 14)]
     refused = w.write([*good[:5], bad, bad_id, *good[5:], bad_time])
-    assert [ev for ev, _ in refused] == [bad, bad_id, bad_time]
+    assert [i for i, _ in refused] == [5, 6, 12]
     assert all("refused" in why for _, why in refused)
     assert _count(infra, tenant) == 10
+    w.close()
+
+
+def test_text_with_tabs_newlines_and_backslashes_round_trips(infra: Infra, tenant: str) -> None:
+    migrate(infra.database_url)
+    w = EventWriter(infra.database_url)
+    subject = "line 1\nline\t2 \\ back\rslash"
+    payload = {"s": "tab\there \\N not null", "u": "é 漢字"}
+    assert w.write([_event(tenant, 1, payload=payload, subject=subject)]) == []
+    with psycopg.connect(infra.database_admin_url) as c:
+        row = c.execute("SELECT subject, payload FROM otbus_events WHERE tenant = %s", (tenant,)).fetchone()
+    assert row == (subject, payload)
     w.close()
 
 

@@ -8,7 +8,8 @@ from confluent_kafka import Message
 from otbus_core.codec import AvroCodec
 from otbus_core.envelope import Envelope
 from otbus_core.exceptions import DecodeError
-from otbus_event_store.handler import to_stored_event
+from otbus_event_store.handler import to_copy_line
+from otbus_event_store.writer import COLUMNS
 
 CODEC = AvroCodec()
 
@@ -22,11 +23,27 @@ def _env(**kw: str) -> list[tuple[str, bytes]]:
     return [(k, v.encode()) for k, v in env.with_(**kw).headers()]
 
 
+def _row(line: bytes) -> dict[str, bytes | None]:
+    assert line.endswith(b"\n") and line.count(b"\n") == 1
+    fields = line[:-1].split(b"\t")
+    assert len(fields) == len(COLUMNS)
+    return {c: None if f == b"\\N" else f for c, f in zip(COLUMNS, fields, strict=True)}
+
+
 def test_json_event_becomes_a_row() -> None:
-    ev = to_stored_event(_msg(_env()), CODEC)
-    assert ev.tenant == "acme" and ev.type == "t.v1" and ev.subject == "a/b"
-    assert ev.payload == '{"a": 1}' and (ev.topic, ev.partition, ev.offset) == ("acme.ot.events.v1", 1, 7)
-    assert ev.time.endswith("Z")
+    row = _row(to_copy_line(_msg(_env()), CODEC))
+    assert (row["tenant"], row["type"], row["subject"]) == (b"acme", b"t.v1", b"a/b")
+    assert row["payload"] == b'{"a": 1}'
+    assert (row["topic"], row["partition"], row["offset"]) == (b"acme.ot.events.v1", b"1", b"7")
+    assert row["time"] and row["time"].endswith(b"Z")
+    assert row["causation_id"] is None
+
+
+def test_fields_are_escaped_for_copy() -> None:
+    headers = _env(subject="a\tb\\c\nd")
+    row = _row(to_copy_line(_msg(headers, b'{"s": "x\\ty"}'), CODEC))
+    assert row["subject"] == b"a\\tb\\\\c\\nd"
+    assert row["payload"] == b'{"s": "x\\\\ty"}'
 
 
 @pytest.mark.parametrize(
@@ -37,9 +54,10 @@ def test_json_event_becomes_a_row() -> None:
         (_env(), b"{not json", "not JSON"),
         (_env(), b"[" * 100_000, "not JSON"),
         ([("ce_id", b"x")], b"{}", "missing"),
+        ([(k, b"0.3" if k == "ce_specversion" else v) for k, v in _env()], b"{}", "is not 1.0"),
         ([*_env(), ("ce_subject", b"\xff")], b"{}", "UTF-8"),
     ],
 )
 def test_refused_before_the_database(headers: list[tuple[str, bytes]], value: bytes, match: str) -> None:
     with pytest.raises(DecodeError, match=match):
-        to_stored_event(_msg(headers, value), CODEC)
+        to_copy_line(_msg(headers, value), CODEC)

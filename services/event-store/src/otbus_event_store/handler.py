@@ -2,70 +2,125 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import Any, NamedTuple, cast
 
 import msgspec
 from confluent_kafka import Message
 
-from otbus_core.codec import AvroCodec
+from otbus_core.codec import AVRO_CONTENT_TYPE, AvroCodec
 from otbus_core.dlq import dead_letter_from_message
-from otbus_core.envelope import Envelope, envelope_of
+from otbus_core.envelope import SPECVERSION
 from otbus_core.exceptions import DecodeError, InvalidTenant
 from otbus_core.kafka import position
 from otbus_core.records import Outcome
-from otbus_event_store.writer import EventWriter, StoredEvent
+from otbus_core.topics import tenant_of_topic
+from otbus_event_store.writer import NULL, EventWriter, escape
 
-__all__ = ["STAGE", "StoreHandler", "to_stored_event"]
+__all__ = ["STAGE", "StoreHandler", "to_copy_line"]
 
 STAGE = "event-store"
 _NOT_EVENTS = re.compile(r"\.ot\.(raw\.[a-z]+|dlq)\.v[0-9]+$")
 _json = msgspec.json.Encoder()
 
+# the headers of the row's first ten columns, in column order (see writer.COLUMNS)
+_HEADERS = (
+    "ce_id",
+    "ce_time",
+    "ce_tenant",
+    "ce_type",
+    "ce_source",
+    "ce_subject",
+    "ce_correlationid",
+    "ce_causationid",
+    "ce_dataschema",
+    "content-type",
+)
+_REQUIRED = ((0, "ce_id"), (4, "ce_source"), (3, "ce_type"), (2, "ce_tenant"))
+_SPEC = SPECVERSION.encode()
+_AVRO = AVRO_CONTENT_TYPE.encode()
 
-def _payload(env: Envelope, value: bytes | None, codec: AvroCodec) -> str:
-    ct = env.content_type or ""
-    if "json" in ct:
+
+def _payload(content_type: bytes, value: bytes | None, codec: AvroCodec) -> bytes:
+    if b"json" in content_type:
         try:
-            return json.dumps(json.loads(value or b"null"))
+            return json.dumps(json.loads(value or b"null")).encode()
         except (ValueError, RecursionError) as e:
-            raise DecodeError(f"content-type {ct} but the value is not JSON: {e}") from e
+            raise DecodeError(f"content-type {_text(content_type)} but the value is not JSON: {e}") from e
     record: Any = codec.decode_any(value)
-    return _json.encode(record).decode()
+    return _json.encode(record)
 
 
-def to_stored_event(msg: Message, codec: AvroCodec) -> StoredEvent:
-    topic, partition, offset = position(msg)
-    tenant, env = envelope_of(msg)
-    # ce_id and ce_time are checked by PostgreSQL itself (uuid, timestamptz): a row it refuses
-    # is found by the writer and dead-lettered. Only an RFC 3339 time without a zone, which
-    # PostgreSQL would read in its session zone, is refused here.
-    t = env.time
-    if not t or not (t[-1] in "Zz" or t[-6:-5] in ("+", "-")):
-        raise DecodeError(f"ce_time {t!r} is not an RFC 3339 time with a zone")
-    return StoredEvent(
-        event_id=env.id,
-        time=t,
-        tenant=tenant,
-        type=env.type,
-        source=env.source,
-        subject=env.subject,
-        correlation_id=env.correlationid,
-        causation_id=env.causationid,
-        dataschema=env.dataschema,
-        content_type=env.content_type,
-        payload=_payload(env, msg.value(), codec),
-        topic=topic,
-        partition=partition,
-        offset=offset,
-    )
+class _Topic(NamedTuple):
+    tenant: bytes
+    field: bytes  # the topic as a COPY field
+
+
+@functools.lru_cache(maxsize=4096)
+def _topic(topic: str) -> _Topic:
+    return _Topic(tenant_of_topic(topic).encode(), escape(topic.encode()))
+
+
+def to_copy_line(msg: Message, codec: AvroCodec) -> bytes:
+    """The event's row as a line of COPY text, made from the header bytes as they came.
+
+    Refused here (DecodeError): a message without the CloudEvents attributes the row needs,
+    another spec version, a `ce_tenant` that is not the topic's tenant, a header that is not
+    UTF-8, an RFC 3339 time without a zone (PostgreSQL would read it in its session zone), a
+    value that is not what its content type says. `ce_id` and `ce_time` themselves are
+    checked by PostgreSQL (uuid, timestamptz): a row it refuses is found by the writer.
+    """
+    name, partition, offset = position(msg)
+    topic = _topic(name)
+    # consumed header values are bytes (None for a header without a value); last one wins
+    headers = dict(cast("list[tuple[str, bytes | None]] | None", msg.headers()) or ())
+    cols = [headers.get(k) for k in _HEADERS]
+    spec = headers.get("ce_specversion")
+    missing = [name for i, name in _REQUIRED if cols[i] is None]
+    if spec is None or missing:
+        raise DecodeError(f"CloudEvents header(s) missing: {', '.join(([] if spec else ['ce_specversion']) + missing)}")
+    if spec != _SPEC:
+        raise DecodeError(f"ce_specversion {_text(spec)!r} is not {SPECVERSION}")
+    if cols[2] != topic.tenant:
+        raise DecodeError(f"ce_tenant {_text(cols[2])!r} does not match the topic's tenant {topic.tenant.decode()!r}")
+    t = cols[1] or b""
+    if not (t[-1:] in (b"Z", b"z") or t[-6:-5] in (b"+", b"-")):
+        raise DecodeError(f"ce_time {_text(t)!r} is not an RFC 3339 time with a zone")
+    content_type = cols[9]
+    if content_type is None:
+        cols[9] = content_type = _AVRO
+    head = b"\t".join([NULL if c is None else c for c in cols])
+    if b"\\" in head or b"\n" in head or b"\r" in head or head.count(b"\t") != 9:
+        head = b"\t".join([NULL if c is None else escape(c) for c in cols])
+    try:
+        head.decode()
+    except UnicodeDecodeError:
+        bad = next(i for i, c in enumerate(cols) if c is not None and not _utf8(c))
+        raise DecodeError(f"header {_HEADERS[bad]} is not UTF-8") from None
+    payload = _payload(content_type, msg.value(), codec)
+    if b"\\" in payload:  # JSON text has no tab or line break: only backslashes to escape
+        payload = payload.replace(b"\\", b"\\\\")
+    return b"%b\t%b\t%b\t%d\t%d\n" % (head, payload, topic.field, partition, offset)
+
+
+def _text(b: bytes | None) -> str:
+    return "" if b is None else b.decode(errors="replace")
+
+
+def _utf8(b: bytes) -> bool:
+    try:
+        b.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 class StoreHandler:
     """Messages to rows, written in chunks: while PostgreSQL takes in one chunk (COPY, on the
-    writer's thread), the next is decoded here, so Python and the database work side by side.
+    writer's thread), the next is made here, so Python and the database work side by side.
     Every chunk is committed before `handle` returns, so offsets are still committed only
     after everything is durable; a crash in between redelivers rows the store already has."""
 
@@ -78,35 +133,47 @@ class StoreHandler:
 
     def handle(self, messages: list[Message]) -> Outcome:
         out = Outcome()
-        origin: dict[int, Message] = {}
-        pending: Future[list[tuple[StoredEvent, str]]] | None = None
-        refused: list[tuple[StoredEvent, str]] = []
+        pending: tuple[Future[list[tuple[int, str]]], list[Message]] | None = None
+        refused: list[Message] = []
+        reasons: list[str] = []
+
+        def settle(p: tuple[Future[list[tuple[int, str]]], list[Message]]) -> None:
+            for i, why in p[0].result():
+                refused.append(p[1][i])
+                reasons.append(why)
+
         try:
             for start in range(0, len(messages), self.chunk):
-                events = self._rows(messages[start : start + self.chunk], origin, out)
+                lines, origin = self._lines(messages[start : start + self.chunk], out)
                 if pending is not None:
-                    refused += pending.result()
-                pending = self._pool.submit(self.writer.write, events)
+                    settle(pending)
+                    pending = None
+                if lines:
+                    pending = (self._pool.submit(self.writer.write, lines), origin)
         finally:
             if pending is not None:
-                refused += pending.result()  # never leave a write running behind a failure
-        for ev, reason in refused:
-            out.dead.append(
-                dead_letter_from_message(origin[id(ev)], stage=STAGE, reason=reason, error_type="DatabaseRefused")
-            )
+                settle(pending)  # never leave a write running behind a failure
+        for msg, reason in zip(refused, reasons, strict=True):
+            out.dead.append(dead_letter_from_message(msg, stage=STAGE, reason=reason, error_type="DatabaseRefused"))
         return out
 
-    def _rows(self, messages: list[Message], origin: dict[int, Message], out: Outcome) -> list[StoredEvent]:
-        events: list[StoredEvent] = []
+    def _lines(self, messages: list[Message], out: Outcome) -> tuple[list[bytes], list[Message]]:
+        lines: list[bytes] = []
+        origin: list[Message] = []
+        codec = self.codec
         for msg in messages:
-            if _NOT_EVENTS.search(position(msg)[0]):
-                self.skipped += 1  # a broad extra-topics pattern matched a raw or DLQ topic
-                continue
             try:
-                ev = to_stored_event(msg, self.codec)
+                if _is_not_events(position(msg)[0]):
+                    self.skipped += 1  # a broad extra-topics pattern matched a raw or DLQ topic
+                    continue
+                lines.append(to_copy_line(msg, codec))
             except (DecodeError, InvalidTenant) as e:
                 out.dead.append(dead_letter_from_message(msg, stage=STAGE, reason=str(e), error_type=type(e).__name__))
                 continue
-            origin[id(ev)] = msg
-            events.append(ev)
-        return events
+            origin.append(msg)
+        return lines, origin
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_not_events(topic: str) -> bool:
+    return _NOT_EVENTS.search(topic) is not None

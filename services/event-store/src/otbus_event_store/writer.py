@@ -1,10 +1,14 @@
 """Writes stored events to PostgreSQL: one COPY per batch, idempotent by event id.
 
-The common case is a plain COPY into `otbus_events`. When the batch holds an event
-that is already stored (a redelivery), the COPY fails on the key and the batch goes
-again through a temporary table and `INSERT ... ON CONFLICT DO NOTHING`. Rows that
-PostgreSQL refuses on their own (e.g. a NUL character in JSON) are found one by one
-and handed back so the runner can dead-letter them; the rest are written.
+Rows arrive as lines of COPY text (made by the handler straight from the Kafka headers'
+bytes, see `copy_line`), so the write itself is a handful of large socket writes: the
+thread that sends them hardly needs the interpreter while PostgreSQL takes them in.
+
+The common case is a plain COPY into `otbus_events`. When the batch holds an event that
+is already stored (a redelivery), the COPY fails on the key and the batch goes again
+through a temporary table and `INSERT ... ON CONFLICT DO NOTHING`. Rows that PostgreSQL
+refuses on their own (e.g. a NUL character in JSON) are found one by one and handed back
+so the runner can dead-letter them; the rest are written.
 """
 
 from __future__ import annotations
@@ -12,14 +16,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from datetime import datetime
-from typing import NamedTuple
 
 import psycopg
 from psycopg import errors, sql
 
 from otbus_core.exceptions import TransientError
 
-__all__ = ["COLUMNS", "EventWriter", "StoredEvent"]
+__all__ = ["COLUMNS", "NULL", "EventWriter", "copy_line", "escape"]
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +49,38 @@ _STAGE = sql.SQL(
     "CREATE TEMP TABLE IF NOT EXISTS otbus_stage (LIKE otbus_events INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
 )
 _MERGE = sql.SQL("INSERT INTO otbus_events ({0}) SELECT {0} FROM otbus_stage ON CONFLICT DO NOTHING").format(_COLS)
-_INSERT_ONE = sql.SQL("INSERT INTO otbus_events ({}) VALUES ({}) ON CONFLICT DO NOTHING").format(
-    _COLS, sql.SQL(", ").join(sql.Placeholder() * len(COLUMNS))
-)
+
+NULL = b"\\N"
+"""COPY text's NULL."""
+
+_ESCAPES = {ord("\\"): b"\\\\", ord("\n"): b"\\n", ord("\r"): b"\\r", ord("\t"): b"\\t"}
+
+
+def escape(value: bytes) -> bytes:
+    """`value` as a field of COPY text (backslash, tab, newline and carriage return escaped)."""
+    if b"\\" in value or b"\t" in value or b"\n" in value or b"\r" in value:
+        return b"".join(_ESCAPES.get(c, bytes((c,))) for c in value)
+    return value
+
+
+def copy_line(values: Sequence[object]) -> bytes:
+    """One row of COPY text from Python values, in `COLUMNS` order (None is NULL).
+
+    The general form, for tests and tools; the handler builds its lines from the header bytes.
+    """
+    if len(values) != len(COLUMNS):
+        raise ValueError(f"a row has {len(COLUMNS)} values, not {len(values)}")
+    fields = []
+    for v in values:
+        if v is None:
+            fields.append(NULL)
+        elif isinstance(v, bytes):
+            fields.append(escape(v))
+        elif isinstance(v, datetime):
+            fields.append(v.isoformat().encode())
+        else:
+            fields.append(escape(str(v).encode()))
+    return b"\t".join(fields) + b"\n"
 
 
 _ROW_FAULT_CLASSES = ("22", "23", "54")
@@ -62,28 +94,6 @@ def _transient(e: psycopg.Error) -> bool:
     return state is None or state[:2] not in _ROW_FAULT_CLASSES
 
 
-class StoredEvent(NamedTuple):
-    """One row of `otbus_events`, in COPY column order (a tuple, so COPY takes it as it is)."""
-
-    event_id: str
-    time: str | datetime  # RFC 3339 text as it came in ce_time; PostgreSQL parses and checks it
-    tenant: str
-    type: str
-    source: str
-    subject: str | None
-    correlation_id: str | None
-    causation_id: str | None
-    dataschema: str | None
-    content_type: str | None
-    payload: str  # JSON text
-    topic: str
-    partition: int
-    offset: int
-
-    def row(self) -> tuple[object, ...]:
-        return self
-
-
 class EventWriter:
     def __init__(self, conninfo: str) -> None:
         self.conninfo = conninfo
@@ -94,7 +104,11 @@ class EventWriter:
         if self._conn is None or self._conn.closed:
             try:
                 self._conn = psycopg.connect(
-                    self.conninfo, autocommit=False, application_name="otbus-event-store", connect_timeout=10
+                    self.conninfo,
+                    autocommit=False,
+                    application_name="otbus-event-store",
+                    connect_timeout=10,
+                    client_encoding="UTF8",  # the lines are UTF-8 bytes, sent as they are
                 )
             except psycopg.OperationalError as e:
                 raise TransientError(f"database unreachable: {e}") from e
@@ -105,61 +119,63 @@ class EventWriter:
             self._conn.close()
             self._conn = None
 
-    def write(self, events: Sequence[StoredEvent]) -> list[tuple[StoredEvent, str]]:
-        """Store `events` durably (committed on return). Returns the ones PostgreSQL refused, with why."""
-        if not events:
+    def write(self, lines: Sequence[bytes]) -> list[tuple[int, str]]:
+        """Store the rows (COPY text lines) durably, committed on return.
+
+        Returns the rows PostgreSQL refused, as (index in `lines`, why); the others are stored.
+        """
+        if not lines:
             return []
         conn = self._connection()
+        data = b"".join(lines)
         try:
             try:
                 with conn.transaction(), conn.cursor() as cur, cur.copy(_COPY) as cp:
-                    for ev in events:
-                        cp.write_row(ev)
+                    cp.write(data)
                 return []
             except errors.UniqueViolation:
-                return self._merge(conn, events)
+                return self._merge(conn, lines, data)
             except psycopg.Error as e:
                 if _transient(e):
                     raise
-                log.warning("batch of %d refused (%s); writing row by row", len(events), e)
-                return self._one_by_one(conn, events)
+                log.warning("batch of %d refused (%s); writing row by row", len(lines), e)
+                return self._one_by_one(conn, lines)
         except psycopg.Error as e:
             self.close()
             raise TransientError(f"database write failed: {e}") from e
 
     def _merge(
-        self, conn: psycopg.Connection[tuple[object, ...]], events: Sequence[StoredEvent]
-    ) -> list[tuple[StoredEvent, str]]:
+        self, conn: psycopg.Connection[tuple[object, ...]], lines: Sequence[bytes], data: bytes
+    ) -> list[tuple[int, str]]:
         try:
             with conn.transaction(), conn.cursor() as cur:
                 cur.execute(_STAGE)
                 with cur.copy(_COPY_STAGE) as cp:
-                    for ev in events:
-                        cp.write_row(ev)
+                    cp.write(data)
                 cur.execute(_MERGE)
                 inserted = cur.rowcount
-            self.duplicates += len(events) - inserted
-            log.info("redelivered batch: %d of %d events were already stored", len(events) - inserted, len(events))
+            self.duplicates += len(lines) - inserted
+            log.info("redelivered batch: %d of %d events were already stored", len(lines) - inserted, len(lines))
             return []
         except psycopg.Error as e:
             if _transient(e):
                 raise
-            log.warning("merge of %d refused (%s); writing row by row", len(events), e)
-            return self._one_by_one(conn, events)
+            log.warning("merge of %d refused (%s); writing row by row", len(lines), e)
+            return self._one_by_one(conn, lines)
 
     def _one_by_one(
-        self, conn: psycopg.Connection[tuple[object, ...]], events: Sequence[StoredEvent]
-    ) -> list[tuple[StoredEvent, str]]:
-        refused: list[tuple[StoredEvent, str]] = []
+        self, conn: psycopg.Connection[tuple[object, ...]], lines: Sequence[bytes]
+    ) -> list[tuple[int, str]]:
+        refused: list[tuple[int, str]] = []
         with conn.transaction(), conn.cursor() as cur:
-            for ev in events:
+            for i, line in enumerate(lines):
                 try:
-                    with conn.transaction():  # a savepoint per row
-                        cur.execute(_INSERT_ONE, ev)
-                        if cur.rowcount == 0:
-                            self.duplicates += 1
+                    with conn.transaction(), cur.copy(_COPY) as cp:  # a savepoint per row
+                        cp.write(line)
+                except errors.UniqueViolation:
+                    self.duplicates += 1
                 except psycopg.Error as e:
                     if _transient(e):
                         raise
-                    refused.append((ev, f"PostgreSQL refused the event: {e.diag.message_primary or e}"))
+                    refused.append((i, f"PostgreSQL refused the event: {e.diag.message_primary or e}"))
         return refused

@@ -9,6 +9,7 @@ to `/system/zerobus/ingest/batch` of ingest-http:
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import random
 import sys
@@ -71,9 +72,21 @@ def main(argv: list[str] | None = None) -> int:
     h.add_argument("--rate", type=float, default=500.0, help="events per second")
     h.add_argument("--seconds", type=float, default=None, help="stop after this long (default: run until Ctrl-C)")
     h.add_argument("--batch-ms", type=int, default=200, help="buffer window, like the Event Stream's max wait")
+    m = sub.add_parser("modbus", help="serve a Modbus TCP device (register map: otbus_ot_simulator/modbus.py)")
+    m.add_argument("--host", default="127.0.0.1")
+    m.add_argument("--port", type=int, default=5020)
+    m.add_argument("--tags", type=int, default=100, help="live signals (at most 500)")
+    m.add_argument("--interval", type=float, default=0.5, help="seconds between value updates")
+    m.add_argument("--units", default="1,2", help="unit ids served, comma-separated")
     args = p.parse_args(argv)
     with contextlib.suppress(KeyboardInterrupt):
-        post_http(args.url, args.api_key, args.tags, args.rate, args.seconds, args.batch_ms)
+        if args.mode == "http":
+            post_http(args.url, args.api_key, args.tags, args.rate, args.seconds, args.batch_ms)
+        elif args.mode == "modbus":
+            from otbus_ot_simulator.modbus import serve_modbus
+
+            units = [int(u) for u in args.units.split(",") if u.strip()]
+            asyncio.run(serve_modbus(args.host, args.port, args.tags, args.interval, units))
     return 0
 
 

@@ -1,0 +1,281 @@
+"""Adapter publishing: readings -> raw reading batch records -> the spool -> Kafka.
+
+`RawEncoder` turns one source's readings into raw reading batch records (CloudEvents
+headers, Avro value, key = source id), split so that no record passes the broker's size
+limit. `SpoolDrainer` is the one thread that produces from the spool, in order, with a
+producer that never gives up on a record (librdkafka retries until the broker is back),
+and releases records from the spool only when Kafka has acknowledged them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
+
+from confluent_kafka import KafkaError, Message
+from confluent_kafka import Producer as _Producer
+
+from otbus_core.codec import AvroCodec
+from otbus_core.envelope import TYPE_RAW_READINGS, ce_headers, micros_to_rfc3339, now_micros
+from otbus_core.exceptions import TransientError
+from otbus_core.ids import uuid7, uuid7_block
+from otbus_core.kafka import admin_client, base_config
+from otbus_core.producer import PRODUCER_DEFAULTS
+from otbus_core.raw import NONE, pack_values
+from otbus_core.schemas import RAW_READING_BATCH
+from otbus_core.settings import OtbusSettings
+from otbus_core.spool import Spool, SpoolRecord
+from otbus_core.topics import TopicProvisioner, raw_topic
+
+__all__ = ["MAX_RECORD_BYTES", "RawEncoder", "Reading", "SpoolDrainer"]
+
+log = logging.getLogger(__name__)
+
+MAX_RECORD_BYTES = 900_000
+"""Below the broker's default message.max.bytes (1 MB), with room for headers."""
+
+
+class Reading(NamedTuple):
+    """One reading as an adapter got it from its protocol."""
+
+    tag: str
+    value: bool | int | float | str | None
+    source_time: int | None = None  # µs since the epoch, UTC, as the source stamped it
+    quality_code: int | None = None  # the protocol's own code (OPC-UA status, Modbus exception...)
+    quality: str = ""  # quality text, when the protocol gives one
+    data_type: str = ""  # the type the source declared, in its own words
+    unit: str = ""
+    attributes: Mapping[str, str] | None = None
+
+
+class RawEncoder:
+    """Readings of one source -> raw reading batch records for `{tenant}.ot.raw.{protocol}.v1`."""
+
+    def __init__(self, codec: AvroCodec, max_readings: int = 1000) -> None:
+        self.codec = codec
+        self.max_readings = max_readings
+        self._schema = codec.schemas.latest(RAW_READING_BATCH)
+
+    def records(
+        self,
+        tenant: str,
+        protocol: str,
+        source_id: str,
+        context: Mapping[str, str],
+        readings: Sequence[Reading],
+        received: int | None = None,
+    ) -> list[SpoolRecord]:
+        topic = raw_topic(tenant, protocol)
+        prefix, uri = self.codec.header(RAW_READING_BATCH, topic)
+        received = received if received is not None else now_micros()
+        key = source_id.encode()
+        source = f"/otbus/{protocol}/{source_id}"
+        time_text = micros_to_rfc3339(received)
+        out: list[SpoolRecord] = []
+        pending = [readings[i : i + self.max_readings] for i in range(0, len(readings), self.max_readings)]
+        while pending:
+            chunk = pending.pop(0)
+            cols = _columns(source_id, protocol, context, received, chunk)
+            value = self.codec.encode_with(prefix, self._schema, cols)
+            if len(value) > MAX_RECORD_BYTES:
+                if len(chunk) > 1:
+                    half = len(chunk) // 2
+                    pending[:0] = [chunk[:half], chunk[half:]]
+                    continue
+                raise OverflowError(f"one reading encodes to {len(value)} bytes, over {MAX_RECORD_BYTES}")
+            headers = ce_headers(uuid7(), source, TYPE_RAW_READINGS, tenant, time_text, source_id, uri)
+            out.append(SpoolRecord(topic, key, value, [(k, v.encode()) for k, v in headers], len(chunk)))
+        return out
+
+
+def _columns(
+    source_id: str, protocol: str, context: Mapping[str, str], received: int, chunk: Sequence[Reading]
+) -> dict[str, Any]:
+    units = [r.unit for r in chunk]
+    attrs = [dict(r.attributes) if r.attributes else {} for r in chunk]
+    return {
+        "source_id": source_id,
+        "protocol": protocol,
+        "context": dict(context),
+        "first_id": uuid7_block(len(chunk)),
+        "received_time": received,
+        "tags": [r.tag for r in chunk],
+        **pack_values(r.value for r in chunk),
+        "data_types": [r.data_type for r in chunk],
+        "qualities": [r.quality for r in chunk],
+        "quality_codes": [NONE if (c := r.quality_code) is None else c for r in chunk],
+        "source_times": [NONE if (t := r.source_time) is None else t for r in chunk],
+        "units": units if any(units) else [],
+        "attributes": attrs if any(attrs) else [],
+    }
+
+
+class SpoolDrainer:
+    """Produces the spool's records in order and acknowledges them back to the spool.
+
+    The producer has no delivery timeout: while the broker is away librdkafka keeps the
+    records in flight (at most `max_in_flight`) and the rest wait in the spool. A record
+    Kafka refuses for good (too large, not authorized) is counted as dropped and logged;
+    a fatal producer error stops the drainer (`fatal`), and the service must restart
+    (the spool still holds everything not acknowledged).
+    """
+
+    def __init__(
+        self,
+        spool: Spool,
+        settings: OtbusSettings,
+        *,
+        max_in_flight: int = 2000,
+        unreachable_after: float = 15.0,
+        **producer_overrides: Any,
+    ) -> None:
+        self.spool = spool
+        self.max_in_flight = max_in_flight
+        self.unreachable_after = unreachable_after
+        conf = {
+            **PRODUCER_DEFAULTS,
+            **base_config(settings),
+            "message.timeout.ms": 0,  # never: the spool is the buffer, order is kept
+            "error_cb": self._on_error,
+            **producer_overrides,
+        }
+        self.producer = _Producer(conf)
+        self.topics = TopicProvisioner(
+            admin_client(settings),
+            partitions=settings.topic_partitions,
+            replication_factor=settings.topic_replication_factor,
+            retention_ms=settings.topic_retention_ms,
+        )
+        self.delivered_records = 0
+        self.delivered_readings = 0
+        self.refused_readings = 0
+        self.last_delivery: float | None = None  # time.time() of the last acknowledgment
+        self.broker_error: str | None = None
+        self.broker_error_since: float | None = None
+        self.fatal: KafkaError | None = None
+        self._inflight: OrderedDict[int, tuple[float, int, bool]] = OrderedDict()  # seq -> (sent, readings, done)
+        self._next_seq = spool.acked
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="spool-drainer", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _on_error(self, err: KafkaError) -> None:
+        if err.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT, KafkaError._RESOLVE):
+            if self.broker_error_since is None:
+                self.broker_error_since = time.monotonic()
+            self.broker_error = str(err)
+        if err.fatal():
+            self.fatal = err
+        log.warning("kafka: %s", err)
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set() and self.fatal is None:
+                room = self.max_in_flight - len(self._inflight)
+                if room > 0:
+                    self._send(self.spool.read(min(room, 500), timeout=0.0 if self._inflight else 0.05))
+                self.producer.poll(0.005 if self._inflight else 0)
+                self._advance()
+        except Exception:
+            log.exception("spool drainer failed")
+            raise
+
+    def _send(self, records: list[tuple[int, SpoolRecord]]) -> None:
+        if not records:
+            return
+        topics = {r.topic for _, r in records}
+        while not self._stop.is_set():
+            try:
+                self.topics.ensure(topics)
+                break
+            except TransientError as e:  # the broker is away: try again, nothing is lost
+                self.broker_error = str(e)
+                if self.broker_error_since is None:
+                    self.broker_error_since = time.monotonic()
+                self._stop.wait(1.0)
+        for seq, r in records:
+            self._inflight[seq] = (time.monotonic(), r.readings, False)
+            cb = self._callback(seq)
+            while True:
+                try:
+                    self.producer.produce(r.topic, r.value, r.key, headers=r.headers, on_delivery=cb)  # type: ignore[arg-type]
+                    break
+                except BufferError:
+                    self.producer.poll(0.05)
+            self._next_seq = seq + 1
+
+    def _callback(self, seq: int) -> Any:
+        def done(err: KafkaError | None, msg: Message) -> None:
+            sent, readings, _ = self._inflight[seq]
+            if err is None:
+                self.delivered_records += 1
+                self.delivered_readings += readings
+                self.last_delivery = time.time()
+                self.broker_error = None
+                self.broker_error_since = None
+            elif err.fatal():
+                self.fatal = err
+                log.error("kafka producer fatal error: %s; the adapter must restart (the spool keeps the rest)", err)
+                return
+            else:
+                self.refused_readings += readings
+                log.error("Kafka refused a record of %d readings for %s: %s (dropped)", readings, msg.topic(), err)
+            self._inflight[seq] = (sent, readings, True)
+
+        return done
+
+    def _advance(self) -> None:
+        acked = None
+        while self._inflight:
+            seq, (_, _, done) = next(iter(self._inflight.items()))
+            if not done:
+                break
+            self._inflight.popitem(last=False)
+            acked = seq + 1
+        if acked is not None:
+            self.spool.ack(acked)
+
+    # -- state ----------------------------------------------------------------------
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._inflight)
+
+    def oldest_in_flight_age(self) -> float:
+        try:
+            sent = next(iter(self._inflight.values()))[0]
+        except (StopIteration, RuntimeError):
+            return 0.0
+        return time.monotonic() - sent
+
+    def problem(self) -> str | None:
+        """Why the broker counts as unreachable now, or None."""
+        if self.fatal is not None:
+            return f"fatal producer error: {self.fatal}"
+        if not self._thread.is_alive() and self._thread.ident is not None and not self._stop.is_set():
+            return "the spool drainer thread died"
+        age = self.oldest_in_flight_age()
+        if age > self.unreachable_after:
+            return f"Kafka has not acknowledged a record for {age:.0f}s ({self.broker_error or 'no error reported'})"
+        since = self.broker_error_since
+        if since is not None and time.monotonic() - since > self.unreachable_after:
+            return f"Kafka unreachable for {time.monotonic() - since:.0f}s: {self.broker_error}"
+        return None
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Send what is in the spool for up to `timeout` seconds, then stop (the rest stays spooled)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.fatal is None and (self._inflight or self.spool.depth_records):
+            time.sleep(0.02)
+        self._stop.set()
+        if self._thread.ident is not None:
+            self._thread.join(timeout=5)
+        self.producer.flush(max(0.0, min(2.0, deadline - time.monotonic())))
+        self.producer.poll(0)
+        self._advance()

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +14,7 @@ import pytest
 from otbus_core.codec import AvroCodec
 from otbus_core.schemas import TAG_RECORD
 from otbus_core.topics import tags_topic
-from tests.support import ARTIFACTS, Infra, Service, free_port, read_topic, wait_until
+from tests.support import Infra, ModbusSimulator, Service, free_port, read_topic, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -70,31 +68,6 @@ EXPECTED = {  # tag_name -> value, for the registers with fixed values in the si
 }
 
 
-SIMULATOR = [sys.executable, "-m", "otbus_ot_simulator", "modbus"]
-
-
-class Simulator:
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.log = ARTIFACTS / f"simulator-modbus-{port}.log"
-
-    def start(self) -> None:
-        ARTIFACTS.mkdir(exist_ok=True)
-        with self.log.open("ab") as f:
-            self.proc = subprocess.Popen(
-                [*SIMULATOR, "--port", str(self.port), "--tags", "20", "--interval", "0.2"],
-                stdout=f,
-                stderr=f,
-            )
-        wait_until(lambda: b"Modbus TCP on" in self.log.read_bytes(), 20, "the Modbus simulator")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
-
-
 def _tags(infra: Infra, tenant: str) -> list[dict[str, Any]]:
     return [
         CODEC.decode(m.value(), TAG_RECORD) for m in read_topic(infra.kafka_bootstrap, tags_topic(tenant), timeout=5)
@@ -106,8 +79,8 @@ def _latest(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 @pytest.fixture
-def modbus_stack(infra: Infra, tenant: str, tmp_path: Path) -> Iterator[tuple[Simulator, Service, str]]:
-    sim = Simulator(free_port())
+def modbus_stack(infra: Infra, tenant: str, tmp_path: Path) -> Iterator[tuple[ModbusSimulator, Service, str]]:
+    sim = ModbusSimulator(free_port())
     sim.start()
     sources = tmp_path / "sources.yaml"
     sources.write_text(SOURCES.format(port=sim.port))
@@ -143,7 +116,7 @@ def modbus_stack(infra: Infra, tenant: str, tmp_path: Path) -> Iterator[tuple[Si
 
 
 def test_every_configured_register_arrives_normalized(
-    infra: Infra, modbus_stack: tuple[Simulator, Service, str]
+    infra: Infra, modbus_stack: tuple[ModbusSimulator, Service, str]
 ) -> None:
     _sim, adapter, tenant = modbus_stack
     prefix = "plant1/pressing/line4/press1/"
@@ -181,7 +154,7 @@ def test_every_configured_register_arrives_normalized(
     assert status["connected"] and status["readings"] > 0
 
 
-def test_device_outage_goes_bad_then_recovers(infra: Infra, modbus_stack: tuple[Simulator, Service, str]) -> None:
+def test_device_outage_goes_bad_then_recovers(infra: Infra, modbus_stack: tuple[ModbusSimulator, Service, str]) -> None:
     sim, adapter, tenant = modbus_stack
     wait_until(lambda: any(r["tag_name"] == "update_counter" for r in _tags(infra, tenant)), 60, "first readings")
     sim.stop()
@@ -209,7 +182,7 @@ def test_device_outage_goes_bad_then_recovers(infra: Infra, modbus_stack: tuple[
     assert sources[0]["status"]["reconnects"] >= 1
 
 
-def test_sources_api_adds_and_removes_at_run_time(modbus_stack: tuple[Simulator, Service, str]) -> None:
+def test_sources_api_adds_and_removes_at_run_time(modbus_stack: tuple[ModbusSimulator, Service, str]) -> None:
     sim, adapter, _tenant = modbus_stack
     url = f"{adapter.url}/api/v1/sources"
     doc = {

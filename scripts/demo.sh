@@ -43,16 +43,28 @@ start_service normalizer otbus_normalizer 8082 \
   OTBUS_DEFAULT_CONTEXT='{"site": "plant1", "area": "production", "line": "line1", "equipment": "default"}'
 start_service ingest-http otbus_ingest_http 8088 OTBUS_API_KEYS="{\"$DEMO_KEY\": \"$DEMO_TENANT\"}"
 
+# the simulator's Modbus device and the Modbus adapter polling it (deploy/config/sources.example.yaml)
+if ! { [[ -s $RUN/modbus-sim.pid ]] && kill -0 "$(cat "$RUN/modbus-sim.pid")" 2>/dev/null; }; then
+  setsid nohup uv run --no-sync python -m otbus_ot_simulator modbus --port 5020 --tags 100 >>"$RUN/modbus-sim.log" 2>&1 &
+  echo $! >"$RUN/modbus-sim.pid"
+  for _ in $(seq 1 60); do grep -q "Modbus TCP on" "$RUN/modbus-sim.log" 2>/dev/null && break; sleep 0.5; done
+  echo "demo: Modbus simulator on :5020"
+fi
+start_service ingest-modbus otbus_ingest_modbus 8093 OTBUS_TENANT="$DEMO_TENANT" \
+  OTBUS_SOURCES_FILE=deploy/config/sources.example.yaml OTBUS_STATE_DIR="$OTBUS_HOME/state"
+
 cat <<MSG
 
 otbus is running (logs in $RUN/*.log):
   ingest-http   http://127.0.0.1:8088/docs      diagnostics: http://127.0.0.1:8088/system/zerobus/diagnostics
   event store   http://127.0.0.1:8081/docs
   normalizer    http://127.0.0.1:8082/metrics
+  ingest-modbus http://127.0.0.1:8093/api/v1/sources   (polls the simulator's Modbus device on :5020)
 
 Query the stored, normalized events (tenant '$DEMO_TENANT'):
   curl -s -H 'Authorization: Bearer $DEMO_KEY' 'http://127.0.0.1:8081/api/v1/events?limit=5' | python3 -m json.tool
   curl -s -H 'Authorization: Bearer $DEMO_KEY' 'http://127.0.0.1:8081/api/v1/statistics'
+  curl -s -H 'Authorization: Bearer $DEMO_KEY' 'http://127.0.0.1:8081/api/v1/events?subject_prefix=plant1/pressing&limit=5'
 
 The simulator now posts Ignition Event Streams style batches (Ctrl-C to stop it; 'make stop' stops everything).
 MSG

@@ -26,14 +26,16 @@ from prometheus_client.registry import Collector
 from pydantic import Field
 
 from otbus_core.codec import AvroCodec
+from otbus_core.dlq import encode_dead_letter
 from otbus_core.exceptions import ConfigError
 from otbus_core.kafka import admin_client, kafka_reachable
 from otbus_core.ops import Check, ops_router
 from otbus_core.publisher import RawEncoder, Reading, SpoolDrainer
+from otbus_core.records import DeadLetter
 from otbus_core.service import main_http
 from otbus_core.settings import OtbusSettings
 from otbus_core.sources import SourceConfig, SourceError, SourceStore
-from otbus_core.spool import Overflow, Spool
+from otbus_core.spool import Overflow, Spool, SpoolRecord
 from otbus_core.topics import TENANT_PATTERN
 
 __all__ = [
@@ -88,14 +90,28 @@ class SourceContext(Generic[SC]):
         self.state = state
         self.log = logging.getLogger(f"otbus.source.{config.name}")
 
-    def emit(self, readings: Sequence[Reading], protocol: str | None = None) -> None:
-        """Publish readings (thread-safe; may block when the spool is full and the policy is `block`)."""
-        if not readings:
-            return
-        st = self.state
-        st.readings += len(readings)
-        st.last_read = time.time()
-        self.runtime.batcher.add(self.config, protocol or self.config.protocol, readings)
+    def emit(
+        self,
+        readings: Sequence[Reading],
+        protocol: str | None = None,
+        on_spooled: Callable[[], None] | None = None,
+    ) -> None:
+        """Publish readings (thread-safe; may block when the spool is full and the policy is `block`).
+
+        `on_spooled` is called (on the batcher's thread) once the readings are in the spool,
+        e.g. to acknowledge the protocol message they came in only when they are safe.
+        """
+        if readings:
+            st = self.state
+            st.readings += len(readings)
+            st.last_read = time.time()
+        self.runtime.batcher.add(self.config, protocol or self.config.protocol, readings, on_spooled)
+
+    def dead_letter(self, original: bytes, reason: str, error_type: str, origin: str | None = None) -> None:
+        """Send what could not be read as readings to the tenant's DLQ (through the spool)."""
+        self.state.rejected += 1
+        self.state.last_error = reason[:500]
+        self.runtime.dead_letter(self.config, original, reason, error_type, origin)
 
     def connected(self) -> None:
         st = self.state
@@ -124,6 +140,7 @@ class SourceState:
     last_read: float | None = None
     readings: int = 0
     reconnects: int = 0
+    rejected: int = 0  # messages sent to the DLQ
     last_error: str | None = None
 
     def public(self) -> dict[str, Any]:
@@ -133,11 +150,20 @@ class SourceState:
             "last_read": self.last_read,
             "readings": self.readings,
             "reconnects": self.reconnects,
+            "rejected": self.rejected,
             "last_error": self.last_error,
         }
 
 
 # -- batching -------------------------------------------------------------------------------
+
+
+@dataclass
+class _Buffer:
+    source: SourceConfig
+    readings: list[Reading]
+    since: float
+    callbacks: list[Callable[[], None]]
 
 
 class Batcher:
@@ -154,7 +180,7 @@ class Batcher:
         self.max_readings = max_readings
         self.linger = linger
         self.max_buffered = max(100_000, max_readings * 20)
-        self._buffers: dict[tuple[str, str], tuple[SourceConfig, list[Reading], float]] = {}
+        self._buffers: dict[tuple[str, str], _Buffer] = {}
         self._buffered = 0
         self._cond = threading.Condition()
         self._full = threading.Event()
@@ -165,17 +191,25 @@ class Batcher:
     def start(self) -> None:
         self._thread.start()
 
-    def add(self, src: SourceConfig, protocol: str, readings: Sequence[Reading]) -> None:
+    def add(
+        self,
+        src: SourceConfig,
+        protocol: str,
+        readings: Sequence[Reading],
+        on_spooled: Callable[[], None] | None = None,
+    ) -> None:
         with self._cond:
             while self._buffered >= self.max_buffered and not self._stop.is_set():
                 self._cond.wait(0.5)
             key = (src.name, protocol)
             entry = self._buffers.get(key)
             if entry is None:
-                entry = self._buffers[key] = (src, [], time.monotonic())
-            entry[1].extend(readings)
+                entry = self._buffers[key] = _Buffer(src, [], time.monotonic(), [])
+            entry.readings.extend(readings)
+            if on_spooled is not None:
+                entry.callbacks.append(on_spooled)
             self._buffered += len(readings)
-            if len(entry[1]) >= self.max_readings:
+            if len(entry.readings) >= self.max_readings:
                 self._full.set()
 
     def _run(self) -> None:
@@ -190,21 +224,28 @@ class Batcher:
         with self._cond:
             due = [
                 k
-                for k, (_, rs, since) in self._buffers.items()
-                if force or len(rs) >= self.max_readings or now - since >= self.linger
+                for k, b in self._buffers.items()
+                if force or len(b.readings) >= self.max_readings or now - b.since >= self.linger
             ]
             taken = [(k, self._buffers.pop(k)) for k in due]
-        for (_, protocol), (src, readings, _) in taken:
+        for (_, protocol), buf in taken:
             rt = self.runtime
+            src, readings = buf.source, buf.readings
             tenant = src.tenant or rt.settings.tenant
-            try:
-                records = rt.encoder.records(tenant, protocol, src.name, src.context(), readings)
-            except (OverflowError, TypeError, ValueError) as e:
-                log.error("source %s: %d readings cannot be encoded (%s): dropped", src.name, len(readings), e)
-                rt.spool.dropped["unencodable"] = rt.spool.dropped.get("unencodable", 0) + len(readings)
-            else:
-                rt.spool.append(records)
-                self.published_records += len(records)
+            if readings:
+                try:
+                    records = rt.encoder.records(tenant, protocol, src.name, src.context(), readings)
+                except (OverflowError, TypeError, ValueError) as e:
+                    log.error("source %s: %d readings cannot be encoded (%s): dropped", src.name, len(readings), e)
+                    rt.spool.dropped["unencodable"] = rt.spool.dropped.get("unencodable", 0) + len(readings)
+                else:
+                    rt.spool.append(records)
+                    self.published_records += len(records)
+            for cb in buf.callbacks:
+                try:
+                    cb()
+                except Exception:
+                    log.exception("source %s: on_spooled callback failed", src.name)
             with self._cond:
                 self._buffered -= len(readings)
                 self._cond.notify_all()
@@ -244,6 +285,7 @@ class AdapterRuntime(Generic[SC]):
         self.drainer = SpoolDrainer(self.spool, settings, unreachable_after=settings.broker_unreachable_after_s)
         self.batcher = Batcher(self, settings.batch_max_readings, settings.batch_linger_ms / 1000)
         self.states: dict[str, SourceState] = {}
+        self.dead_letters = 0
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._admin = admin_client(settings)
         self._collector = _Collector(self)
@@ -310,6 +352,22 @@ class AdapterRuntime(Generic[SC]):
                 await asyncio.sleep(wait)
                 delay = min(src.reconnect_max_s, delay * 2)
 
+    def dead_letter(self, src: SourceConfig, original: bytes, reason: str, error_type: str, origin: str | None) -> None:
+        dl = DeadLetter(
+            stage=self.settings.service_name,
+            reason=reason,
+            tenant=src.tenant or self.settings.tenant,
+            error_type=error_type,
+            source_id=src.name,
+            original_topic=origin,
+            original_value=original,
+        )
+        r = encode_dead_letter(self.encoder.codec, dl)
+        key = r.key.encode() if isinstance(r.key, str) else r.key
+        headers = [(k, v.encode() if isinstance(v, str) else v) for k, v in r.headers]
+        self.spool.append([SpoolRecord(r.topic, key, r.value, headers, 0)])
+        self.dead_letters += 1
+
     # run-time changes
 
     async def add_source(self, doc: Any) -> SC:
@@ -333,18 +391,20 @@ class AdapterRuntime(Generic[SC]):
             kafka_reachable(self._admin)
 
         def sources() -> None:
+            """Every enabled source connected once since start, and none disconnected beyond the limit."""
             limit = self.settings.peer_unreachable_after_s
             now = time.monotonic()
-            down = [
-                f"{s.name} ({self.states[s.name].last_error or 'connecting'})"
-                for s in self.store.all()
-                if s.enabled
-                and s.name in self.states
-                and not self.states[s.name].connected
-                and now - self.states[s.name].disconnected_since > limit
-            ]
+            down = []
+            for s in self.store.all():
+                st = self.states.get(s.name)
+                if not s.enabled or st is None or st.connected:
+                    continue
+                if st.connected_since is None:
+                    down.append(f"{s.name} (not connected yet: {st.last_error or 'connecting'})")
+                elif now - st.disconnected_since > limit:
+                    down.append(f"{s.name} (unreachable for over {limit:.0f}s: {st.last_error})")
             if down:
-                raise ConnectionError(f"unreachable for over {limit:.0f}s: {', '.join(down)}")
+                raise ConnectionError("; ".join(down))
 
         return {"kafka": kafka, "sources": sources}
 
@@ -405,6 +465,7 @@ class _Collector(Collector):
         for reason, n in list(sp.dropped.items()):
             dropped.add_metric([reason], n)
         yield dropped
+        yield CounterMetricFamily("otbus_adapter_dead_letters", "Messages sent to the DLQ", value=rt.dead_letters)
         yield CounterMetricFamily(
             "otbus_adapter_delivered_readings", "Readings Kafka acknowledged", value=rt.drainer.delivered_readings
         )

@@ -78,6 +78,22 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--tags", type=int, default=100, help="live signals (at most 500)")
     m.add_argument("--interval", type=float, default=0.5, help="seconds between value updates")
     m.add_argument("--units", default="1,2", help="unit ids served, comma-separated")
+    j = sub.add_parser("mqtt-json", help="publish JSON readings per tag to MQTT")
+    j.add_argument("--url", default="mqtt://127.0.0.1:11883")
+    j.add_argument("--prefix", default="otbus-sim")
+    j.add_argument("--tags", type=int, default=100)
+    j.add_argument("--rate", type=float, default=200.0, help="messages per second")
+    j.add_argument("--qos", type=int, choices=(0, 1, 2), default=1)
+    j.add_argument("--seconds", type=float, default=None)
+    j.add_argument("--count", type=int, default=None, help="stop after this many messages")
+    s = sub.add_parser("sparkplug", help="run Sparkplug B edge nodes")
+    s.add_argument("--url", default="mqtt://127.0.0.1:11883")
+    s.add_argument("--group", default="plant1")
+    s.add_argument("--nodes", type=int, default=2)
+    s.add_argument("--devices", type=int, default=2)
+    s.add_argument("--tags", type=int, default=100, help="metrics in all, spread over the devices")
+    s.add_argument("--interval", type=float, default=1.0, help="seconds between DDATA rounds")
+    s.add_argument("--seconds", type=float, default=None)
     args = p.parse_args(argv)
     with contextlib.suppress(KeyboardInterrupt):
         if args.mode == "http":
@@ -87,6 +103,14 @@ def main(argv: list[str] | None = None) -> int:
 
             units = [int(u) for u in args.units.split(",") if u.strip()]
             asyncio.run(serve_modbus(args.host, args.port, args.tags, args.interval, units))
+        elif args.mode == "mqtt-json":
+            from otbus_ot_simulator.mqtt import publish_json
+
+            publish_json(args.url, args.prefix, args.tags, args.rate, args.qos, args.seconds, args.count)
+        elif args.mode == "sparkplug":
+            from otbus_ot_simulator.mqtt import run_sparkplug
+
+            run_sparkplug(args.url, args.group, args.nodes, args.devices, args.tags, args.interval, args.seconds)
     return 0
 
 

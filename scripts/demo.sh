@@ -43,15 +43,25 @@ start_service normalizer otbus_normalizer 8082 \
   OTBUS_DEFAULT_CONTEXT='{"site": "plant1", "area": "production", "line": "line1", "equipment": "default"}'
 start_service ingest-http otbus_ingest_http 8088 OTBUS_API_KEYS="{\"$DEMO_KEY\": \"$DEMO_TENANT\"}"
 
-# the simulator's Modbus device and the Modbus adapter polling it (deploy/config/sources.example.yaml)
-if ! { [[ -s $RUN/modbus-sim.pid ]] && kill -0 "$(cat "$RUN/modbus-sim.pid")" 2>/dev/null; }; then
-  setsid nohup uv run --no-sync python -m otbus_ot_simulator modbus --port 5020 --tags 100 >>"$RUN/modbus-sim.log" 2>&1 &
-  echo $! >"$RUN/modbus-sim.pid"
-  for _ in $(seq 1 60); do grep -q "Modbus TCP on" "$RUN/modbus-sim.log" 2>/dev/null && break; sleep 0.5; done
-  echo "demo: Modbus simulator on :5020"
-fi
+# the simulator's devices (Modbus TCP, MQTT JSON, Sparkplug B) and the adapters reading them
+# (deploy/config/sources.example.yaml)
+start_sim() { # name marker args...
+  local name=$1 marker=$2
+  shift 2
+  if [[ -s $RUN/$name.pid ]] && kill -0 "$(cat "$RUN/$name.pid")" 2>/dev/null; then return; fi
+  setsid nohup uv run --no-sync python -m otbus_ot_simulator "$@" >>"$RUN/$name.log" 2>&1 &
+  echo $! >"$RUN/$name.pid"
+  for _ in $(seq 1 60); do grep -q "$marker" "$RUN/$name.log" 2>/dev/null && break; sleep 0.5; done
+  echo "demo: simulator $name started"
+}
+start_sim modbus-sim "Modbus TCP on" modbus --port 5020 --tags 100
 start_service ingest-modbus otbus_ingest_modbus 8093 OTBUS_TENANT="$DEMO_TENANT" \
   OTBUS_SOURCES_FILE=deploy/config/sources.example.yaml OTBUS_STATE_DIR="$OTBUS_HOME/state"
+start_service ingest-mqtt otbus_ingest_mqtt 8092 OTBUS_TENANT="$DEMO_TENANT" \
+  OTBUS_SOURCES_FILE=deploy/config/sources.example.yaml OTBUS_STATE_DIR="$OTBUS_HOME/state"
+MQTT_URL=${OTBUS_MQTT_URL:-mqtt://127.0.0.1:11883}
+start_sim mqtt-sim "publishing JSON" mqtt-json --url "$MQTT_URL" --tags 100 --rate 100
+start_sim sparkplug-sim "Sparkplug B group" sparkplug --url "$MQTT_URL" --group plant1 --tags 100
 
 cat <<MSG
 
@@ -60,6 +70,7 @@ otbus is running (logs in $RUN/*.log):
   event store   http://127.0.0.1:8081/docs
   normalizer    http://127.0.0.1:8082/metrics
   ingest-modbus http://127.0.0.1:8093/api/v1/sources   (polls the simulator's Modbus device on :5020)
+  ingest-mqtt   http://127.0.0.1:8092/api/v1/sources   (the simulator's MQTT JSON and Sparkplug B publishers)
 
 Query the stored, normalized events (tenant '$DEMO_TENANT'):
   curl -s -H 'Authorization: Bearer $DEMO_KEY' 'http://127.0.0.1:8081/api/v1/events?limit=5' | python3 -m json.tool

@@ -62,6 +62,7 @@ def publish_json(
     c.connect(host, port, 30)
     c.loop_start()
     stop = _stopper()
+    print(f"simulator: publishing JSON to {prefix}/... at {rate:.0f}/s (QoS {qos})", flush=True)  # noqa: T201
     sent = 0
     started = time.monotonic()
     tick = 0.02

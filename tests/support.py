@@ -348,3 +348,37 @@ class ModbusSimulator:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(10)
+
+
+class OpcUaSimulator:
+    """The OT simulator's OPC-UA server (a real asyncua server) as its own process."""
+
+    def __init__(self, port: int, *args: str) -> None:
+        self.port = port
+        self.args = args
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = ARTIFACTS / f"simulator-opcua-{port}.log"
+
+    @property
+    def endpoint(self) -> str:
+        return f"opc.tcp://127.0.0.1:{self.port}/otbus/simulator"
+
+    def start(self) -> None:
+        ARTIFACTS.mkdir(exist_ok=True)
+        started = self.log.read_bytes().count(b"OPC-UA on") if self.log.exists() else 0
+        with self.log.open("ab") as f:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "otbus_ot_simulator", "opcua", "--port", str(self.port), *self.args],
+                stdout=f,
+                stderr=f,
+            )
+        wait_until(lambda: self.log.read_bytes().count(b"OPC-UA on") > started, 60, "the OPC-UA simulator")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)

@@ -477,7 +477,11 @@ class _Collector(Collector):
 # -- the app --------------------------------------------------------------------------------
 
 
-def create_adapter_app(runtime: AdapterRuntime[Any], title: str) -> FastAPI:
+def create_adapter_app(
+    runtime: AdapterRuntime[Any],
+    title: str,
+    routes: Callable[[FastAPI, AdapterRuntime[Any]], None] | None = None,
+) -> FastAPI:
     settings = runtime.settings
 
     @asynccontextmanager
@@ -541,6 +545,8 @@ def create_adapter_app(runtime: AdapterRuntime[Any], title: str) -> FastAPI:
     async def status() -> dict[str, Any]:
         return runtime.status()
 
+    if routes is not None:
+        routes(app, runtime)
     app.state.runtime = runtime
     return app
 
@@ -553,12 +559,13 @@ def main_adapter(
     settings_cls: type[S],
     build: Callable[[S], AdapterRuntime[Any]],
     title: str,
+    routes: Callable[[FastAPI, AdapterRuntime[Any]], None] | None = None,
 ) -> int:
     def create(settings: S) -> FastAPI:
         try:
             runtime = build(settings)
         except OSError as e:
             raise ConfigError(f"OTBUS_STATE_DIR: {settings.home} cannot be used: {e}") from None
-        return create_adapter_app(runtime, title)
+        return create_adapter_app(runtime, title, routes)
 
     return main_http(prog, settings_cls, create)

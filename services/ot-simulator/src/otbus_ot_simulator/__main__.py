@@ -94,6 +94,14 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--tags", type=int, default=100, help="metrics in all, spread over the devices")
     s.add_argument("--interval", type=float, default=1.0, help="seconds between DDATA rounds")
     s.add_argument("--seconds", type=float, default=None)
+    o = sub.add_parser("opcua", help="serve an OPC-UA server (address space: otbus_ot_simulator/opcua.py)")
+    o.add_argument("--host", default="127.0.0.1")
+    o.add_argument("--port", type=int, default=4840)
+    o.add_argument("--tags", type=int, default=100)
+    o.add_argument("--interval", type=float, default=0.5)
+    o.add_argument("--security", default="none", choices=("none", "sign", "encrypt", "all"))
+    o.add_argument("--pki", default=None, help="directory of the server certificate (made on first start)")
+    o.add_argument("--user", default=None, help="name:password required to connect")
     args = p.parse_args(argv)
     with contextlib.suppress(KeyboardInterrupt):
         if args.mode == "http":
@@ -103,6 +111,13 @@ def main(argv: list[str] | None = None) -> int:
 
             units = [int(u) for u in args.units.split(",") if u.strip()]
             asyncio.run(serve_modbus(args.host, args.port, args.tags, args.interval, units))
+        elif args.mode == "opcua":
+            from pathlib import Path
+
+            from otbus_ot_simulator.opcua import serve_opcua
+
+            pki = Path(args.pki) if args.pki else None
+            asyncio.run(serve_opcua(args.host, args.port, args.tags, args.interval, args.security, pki, args.user))
         elif args.mode == "mqtt-json":
             from otbus_ot_simulator.mqtt import publish_json
 

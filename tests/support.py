@@ -101,10 +101,13 @@ class Service:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, ready_timeout: float = 60.0) -> Service:
+    def start(self, ready_timeout: float = 60.0, wait_ready: bool = True) -> Service:
         env = {**os.environ, **self.env, "OTBUS_PORT": str(self.port), "OTBUS_HOST": "127.0.0.1"}
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen([sys.executable, "-m", self.module], env=env, stdout=log, stderr=log)
+        if not wait_ready:
+            wait_until(lambda: self._ready() or self._alive_http(), ready_timeout, f"{self.name} HTTP")
+            return self
         try:
             wait_until(self._ready, ready_timeout, f"{self.name} /readyz")
         except TimeoutError:
@@ -117,6 +120,12 @@ class Service:
             raise RuntimeError(f"{self.name} exited with {self.proc.returncode}; log:\n{self.log_tail()}")
         try:
             return httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def _alive_http(self) -> bool:
+        try:
+            return httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200
         except httpx.HTTPError:
             return False
 

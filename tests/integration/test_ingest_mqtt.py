@@ -20,7 +20,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from otbus_core.codec import AvroCodec
 from otbus_core.schemas import DEAD_LETTER, TAG_RECORD
 from otbus_core.topics import dlq_topic, tags_topic
-from tests.support import ARTIFACTS, Infra, Service, free_port, read_topic, start_infra, wait_until
+from tests.support import ARTIFACTS, Infra, Service, free_port, infra_cmd, read_topic, start_infra, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -244,5 +244,48 @@ sources:
 
         wait_until(all_bad, 30, "every metric BAD after the deaths")
         assert b"published" in log.read_bytes()
+    finally:
+        adapter.service.stop()
+
+
+def test_broker_outage_reconnects_and_readiness_tells(
+    infra: Infra, tenant: str, tmp_path: Path, mqtt_url: str, normalizer: Service
+) -> None:
+    prefix = f"otbus-test/{tenant}"
+    adapter = Adapter(
+        infra,
+        tenant,
+        tmp_path,
+        f"""
+sources:
+  - name: broker
+    protocol: mqtt
+    endpoint: "{mqtt_url}"
+    client_id: "otbus-test-outage-{tenant}"
+    topics: ["{prefix}/#"]
+    reconnect_initial_s: 0.5
+    reconnect_max_s: 2
+""",
+    )
+    adapter.service.start()
+    try:
+        _publish(mqtt_url, [(f"{prefix}/before", b'{"value": 1}')])
+        wait_until(lambda: any(r["source_tag"].endswith("/before") for r in _tags(infra, tenant)), 30, "before")
+        infra_cmd("stop", "mosquitto")
+        try:
+            wait_until(lambda: httpx.get(f"{adapter.service.url}/readyz", timeout=5).status_code == 503, 30, "503")
+            body = httpx.get(f"{adapter.service.url}/readyz", timeout=5).json()
+            assert "broker" in body["checks"]["sources"]["error"]
+        finally:
+            infra_cmd("start", "mosquitto")
+        wait_until(lambda: httpx.get(f"{adapter.service.url}/readyz", timeout=5).status_code == 200, 60, "200 again")
+        _publish(mqtt_url, [(f"{prefix}/after", b'{"value": 2}')])
+        wait_until(lambda: any(r["source_tag"].endswith("/after") for r in _tags(infra, tenant)), 30, "after")
+        status = adapter.sources()[0]["status"]
+        assert status["connected"] and status["reconnects"] >= 1
+        metrics = httpx.get(f"{adapter.service.url}/metrics", timeout=5).text
+        assert 'otbus_adapter_reconnects_total{source="broker"}' in metrics
+        assert 'otbus_adapter_connected{source="broker"} 1.0' in metrics
+        assert "otbus_spool_records 0.0" in metrics
     finally:
         adapter.service.stop()

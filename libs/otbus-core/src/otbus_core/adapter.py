@@ -305,7 +305,8 @@ class AdapterRuntime(Generic[SC]):
         for name in list(self._tasks):
             await self._cancel(name)
         await asyncio.to_thread(self.batcher.stop)
-        await asyncio.to_thread(self.drainer.stop, 10.0)
+        # Kafka away: no use waiting for it, what is left stays in the spool for the next start
+        await asyncio.to_thread(self.drainer.stop, 1.0 if self.drainer.problem() else 10.0)
         self.spool.close()
         with suppress(KeyError):
             REGISTRY.unregister(self._collector)
@@ -340,11 +341,10 @@ class AdapterRuntime(Generic[SC]):
                 state.connected = False
                 raise
             except Exception as e:
-                was_connected = state.connected
-                if was_connected:
+                if state.connected:  # just lost: the outage starts now (failed retries do not restart it)
                     delay = src.reconnect_initial_s
+                    state.disconnected_since = time.monotonic()
                 state.connected = False
-                state.disconnected_since = time.monotonic()
                 state.last_error = f"{type(e).__name__}: {e}"[:500]
                 state.reconnects += 1
                 wait = delay * random.uniform(0.5, 1.0)  # noqa: S311 - jitter

@@ -337,21 +337,22 @@ _MODBUS_SIMULATOR = [sys.executable, "-m", "otbus_ot_simulator", "modbus"]
 class ModbusSimulator:
     """The OT simulator's Modbus TCP server (a real pymodbus server) as its own process."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, *args: str) -> None:
         self.port = port
+        self.args = args
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = ARTIFACTS / f"simulator-modbus-{port}.log"
 
     def start(self) -> None:
         ARTIFACTS.mkdir(exist_ok=True)
-        started = self.log.read_bytes().count(b"Modbus TCP on") if self.log.exists() else 0
+        started = self.log.read_bytes().count(b" on 127.0.0.1:") if self.log.exists() else 0
         with self.log.open("ab") as f:
             self.proc = subprocess.Popen(
-                [*_MODBUS_SIMULATOR, "--port", str(self.port), "--tags", "20", "--interval", "0.2"],
+                [*_MODBUS_SIMULATOR, "--port", str(self.port), "--tags", "20", "--interval", "0.2", *self.args],
                 stdout=f,
                 stderr=f,
             )
-        wait_until(lambda: self.log.read_bytes().count(b"Modbus TCP on") > started, 20, "the Modbus simulator")
+        wait_until(lambda: self.log.read_bytes().count(b" on 127.0.0.1:") > started, 20, "the Modbus simulator")
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

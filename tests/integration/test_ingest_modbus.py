@@ -12,8 +12,9 @@ import httpx
 import pytest
 
 from otbus_core.codec import AvroCodec
-from otbus_core.schemas import TAG_RECORD
-from otbus_core.topics import tags_topic
+from otbus_core.raw import unpack_values
+from otbus_core.schemas import RAW_READING_BATCH, TAG_RECORD
+from otbus_core.topics import raw_topic, tags_topic
 from tests.support import Infra, ModbusSimulator, Service, free_port, read_topic, wait_until
 
 pytestmark = pytest.mark.integration
@@ -211,3 +212,47 @@ def test_sources_api_adds_and_removes_at_run_time(modbus_stack: tuple[ModbusSimu
     assert httpx.get(f"{url}/press2", timeout=5).status_code == 404
     assert [s["name"] for s in httpx.get(url, timeout=5).json()["sources"]] == ["press1"]
     assert json.loads(httpx.get(f"{adapter.url}/api/v1/status", timeout=5).text)["spool"]["dropped"] == {}
+
+
+def test_rtu_framing_over_tcp(infra: Infra, tenant: str, tmp_path: Path) -> None:
+    sim = ModbusSimulator(free_port(), "--framer", "rtu")
+    sim.start()
+    sources = tmp_path / "sources.yaml"
+    sources.write_text(
+        f"""
+sources:
+  - name: rtu_gateway
+    protocol: modbus
+    endpoint: "modbus+rtu-tcp://127.0.0.1:{sim.port}"
+    unit_id: 2
+    polling_interval_ms: 100
+    registers:
+      - {{address: 3010, data_type: float32, name: oil_temperature}}
+      - {{address: 3016, data_type: string, length: 5, name: recipe}}
+"""
+    )
+    adapter = Service(
+        "ingest-modbus",
+        "otbus_ingest_modbus",
+        {
+            **infra.env(),
+            "OTBUS_TENANT": tenant,
+            "OTBUS_SOURCES_FILE": str(sources),
+            "OTBUS_STATE_DIR": str(tmp_path / "st"),
+        },
+        free_port(),
+    )
+    adapter.start()
+    try:
+
+        def values() -> dict[str, Any] | None:
+            got: dict[str, Any] = {}
+            for m in read_topic(infra.kafka_bootstrap, raw_topic(tenant, "modbus"), timeout=5):
+                batch = CODEC.decode(m.value(), RAW_READING_BATCH)
+                got.update(zip(batch["tags"], unpack_values(batch), strict=True))
+            return got if len(got) == 2 else None
+
+        assert wait_until(values, 30, "RTU readings") == {"oil_temperature": 3.5, "recipe": "OTBUS-SIM"}
+    finally:
+        adapter.stop()
+        sim.stop()

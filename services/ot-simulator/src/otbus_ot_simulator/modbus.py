@@ -37,6 +37,7 @@ import time
 from contextlib import suppress
 
 from pymodbus.constants import ExcCodes
+from pymodbus.framer import FramerType
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
@@ -146,9 +147,13 @@ class ModbusPlant:
         return [SimDevice(id=u, simdata=blocks, action=self.action) for u in units]
 
 
-async def serve_modbus(host: str, port: int, tags: int, interval: float, units: list[int]) -> None:
+async def serve_modbus(
+    host: str, port: int, tags: int, interval: float, units: list[int], framer: str = "socket"
+) -> None:
+    """Serve the plant on TCP; `framer` rtu speaks RTU frames over TCP (as a serial gateway does)."""
     sim = ModbusPlant(tags)
-    server = ModbusTcpServer(sim.devices(units), address=(host, port))
+    kind = FramerType.RTU if framer == "rtu" else FramerType.SOCKET
+    server = ModbusTcpServer(sim.devices(units), address=(host, port), framer=kind)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -161,7 +166,8 @@ async def serve_modbus(host: str, port: int, tags: int, interval: float, units: 
 
     serving = asyncio.create_task(server.serve_forever())
     ticking = asyncio.create_task(ticker())
-    print(f"simulator: Modbus TCP on {host}:{port}, units {units}, {tags} signals every {interval}s", flush=True)  # noqa: T201
+    what = "Modbus TCP" + (" (RTU framing)" if framer == "rtu" else "")
+    print(f"simulator: {what} on {host}:{port}, units {units}, {tags} signals every {interval}s", flush=True)  # noqa: T201
     await stop.wait()
     ticking.cancel()
     await server.shutdown()  # type: ignore[no-untyped-call]

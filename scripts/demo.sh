@@ -55,8 +55,12 @@ start_sim() { # name marker args...
   echo "demo: simulator $name started"
 }
 start_sim modbus-sim "Modbus TCP on" modbus --port 5020 --tags 100
+start_sim opcua-sim "OPC-UA on" opcua --port 4840 --tags 200 --interval 1
 start_service ingest-modbus otbus_ingest_modbus 8093 OTBUS_TENANT="$DEMO_TENANT" \
   OTBUS_SOURCES_FILE=deploy/config/sources.example.yaml OTBUS_STATE_DIR="$OTBUS_HOME/state"
+start_service ingest-opcua otbus_ingest_opcua 8091 OTBUS_TENANT="$DEMO_TENANT" \
+  OTBUS_SOURCES_FILE=deploy/config/sources.example.yaml OTBUS_STATE_DIR="$OTBUS_HOME/state" \
+  OTBUS_DISCOVERY_TARGETS='["127.0.0.1:4840"]'
 start_service ingest-mqtt otbus_ingest_mqtt 8092 OTBUS_TENANT="$DEMO_TENANT" \
   OTBUS_SOURCES_FILE=deploy/config/sources.example.yaml OTBUS_STATE_DIR="$OTBUS_HOME/state"
 MQTT_URL=${OTBUS_MQTT_URL:-mqtt://127.0.0.1:11883}
@@ -69,6 +73,7 @@ otbus is running (logs in $RUN/*.log):
   ingest-http   http://127.0.0.1:8088/docs      diagnostics: http://127.0.0.1:8088/system/zerobus/diagnostics
   event store   http://127.0.0.1:8081/docs
   normalizer    http://127.0.0.1:8082/metrics
+  ingest-opcua  http://127.0.0.1:8091/api/v1/sources   (subscribes to the simulator's OPC-UA server on :4840)
   ingest-modbus http://127.0.0.1:8093/api/v1/sources   (polls the simulator's Modbus device on :5020)
   ingest-mqtt   http://127.0.0.1:8092/api/v1/sources   (the simulator's MQTT JSON and Sparkplug B publishers)
 

@@ -50,5 +50,7 @@ class Discovery:
             "endpoint": first.EndpointUrl if first else url,
             "name": first.Server.ApplicationName.Text if first else None,
             "reachable": True,
-            "security": sorted({f"{e.SecurityPolicyUri.rsplit('#', 1)[-1]}/{e.SecurityMode.name}" for e in endpoints}),
+            "security": sorted(
+                {f"{e.SecurityPolicyUri.rsplit('#', 1)[-1]}/{e.SecurityMode.name.rstrip('_')}" for e in endpoints}
+            ),
         }

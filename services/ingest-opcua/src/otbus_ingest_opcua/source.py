@@ -120,7 +120,9 @@ class OpcUaReader:
         want_mode, want_uri = _MODES[c.security_mode], _POLICY_URIS[c.security_policy]
         match = [e for e in endpoints if e.SecurityMode == want_mode and e.SecurityPolicyUri == want_uri]
         if not match:
-            offered = sorted({f"{e.SecurityPolicyUri.rsplit('#', 1)[-1]}/{e.SecurityMode.name}" for e in endpoints})
+            offered = sorted(
+                {f"{e.SecurityPolicyUri.rsplit('#', 1)[-1]}/{e.SecurityMode.name.rstrip('_')}" for e in endpoints}
+            )
             raise ConnectionError(f"the server offers no {c.security_policy}/{c.security_mode} endpoint ({offered})")
         der = match[0].ServerCertificate
         self._check_trust(der)

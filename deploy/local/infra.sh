@@ -667,6 +667,9 @@ mq_write_config() {
     echo "persistence true"
     echo "persistence_location $MQ_DATA/"
     echo "autosave_interval 60"
+    echo "max_queued_messages 0"   # unlimited: persistent sessions keep everything sent while a client is away
+    echo "max_queued_bytes 0"
+    echo "max_inflight_messages 0"
     echo "log_dest file $MQ_LOG"
     echo "log_type error"
     echo "log_type warning"

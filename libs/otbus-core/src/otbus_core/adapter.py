@@ -62,7 +62,7 @@ class AdapterSettings(OtbusSettings):
     spool_fsync_ms: int = Field(20, ge=1, le=10_000)
     batch_max_readings: int = Field(1000, ge=1, le=100_000)
     """Readings per raw record at most."""
-    batch_linger_ms: int = Field(20, ge=0, le=60_000)
+    batch_linger_ms: int = Field(5, ge=0, le=60_000)
     """How long a source's readings may wait for company before they are published."""
     peer_unreachable_after_s: float = Field(15.0, gt=0)
     """/readyz fails when an enabled source has been disconnected this long."""
@@ -205,6 +205,7 @@ class Batcher:
             entry = self._buffers.get(key)
             if entry is None:
                 entry = self._buffers[key] = _Buffer(src, [], time.monotonic(), [])
+                self._full.set()  # the flusher may sleep for longer than this buffer's linger
             entry.readings.extend(readings)
             if on_spooled is not None:
                 entry.callbacks.append(on_spooled)
@@ -214,7 +215,12 @@ class Batcher:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self._full.wait(self.linger if self.linger > 0 else 0.001)
+            with self._cond:
+                oldest = min((b.since for b in self._buffers.values()), default=None)
+            # sleep until the oldest buffer is due (or a buffer fills up, or readings arrive)
+            wait = self.linger if oldest is None else max(0.0, oldest + self.linger - time.monotonic())
+            if wait > 0:
+                self._full.wait(wait)
             self._full.clear()
             self._flush(force=False)
         self._flush(force=True)

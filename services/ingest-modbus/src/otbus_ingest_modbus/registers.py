@@ -121,7 +121,7 @@ class RegisterEntry(BaseModel):
     data_type: DataType = DataType.UINT16
     name: str | None = Field(None, pattern=r"^[^/\s][^/]{0,127}$")
     """Tag name (the source's address for it); `<type>_<address>` when not given."""
-    count: int = Field(1, ge=1, le=2000)
+    count: int = Field(1, ge=1, le=65536)
     """How many consecutive values of this type (named `<name>_<i>` when more than one)."""
     length: int = Field(1, ge=1, le=125)
     """Registers a string takes."""

@@ -5,7 +5,8 @@ protocol addresses (0-based), words big-endian (high word first) unless said oth
 
 | table    | address          | what                                                                  |
 |----------|------------------|-----------------------------------------------------------------------|
-| holding  | 0 .. 2N-1        | signal i as float32 at 2i (sine, random walk, ramp, step: see signals) |
+| holding  | 0 .. 999         | signal i < 500 as float32 at 2i (sine, random walk, ramp, step: see signals) |
+| holding  | 10000 .. 10000+2N-1 | every signal i as float32 at 10000+2i (for large tag counts)        |
 | holding  | 1000             | uint16 update counter, +1 on every update (wraps at 65536)            |
 | holding  | 3000             | int16 -1234                                                           |
 | holding  | 3001             | uint16 54321                                                          |
@@ -22,9 +23,9 @@ protocol addresses (0-based), words big-endian (high word first) unless said oth
 | coil     | 0 .. N-1         | signal i > its offset (bool)                                          |
 | discrete | 0 .. 15          | bit i set when the update counter's bit i is set                      |
 
-Holding registers end at 4000: reading past it answers exception 2 (illegal data address).
-N is `--tags` (at most 500). Values change every `--interval` seconds. Writes are accepted
-and ignored.
+Holding registers 4000-9999 and past 10000+2N do not exist: reading them answers exception 2
+(illegal data address). N is `--tags` (at most 20,000). Values change every `--interval`
+seconds. Writes are accepted and ignored.
 """
 
 from __future__ import annotations
@@ -45,8 +46,10 @@ from otbus_ot_simulator.signals import plant
 
 __all__ = ["STATIC", "ModbusPlant", "serve_modbus"]
 
-MAX_TAGS = 500
-HOLDING_SIZE = 4000
+MAX_TAGS = 20_000
+SMALL_MAP = 500  # signals also at holding 0..999
+BIG_BASE = 10_000
+HOLDING_SIZE = BIG_BASE + 2 * MAX_TAGS
 FAULTY = range(3900, 4000)
 
 STATIC: dict[int, list[int]] = {}
@@ -102,7 +105,10 @@ class ModbusPlant:
         t = time.time() if t is None else t
         for i, s in enumerate(self.signals):
             v = float(s.sample(t, self.rng))
-            self.holding[2 * i : 2 * i + 2] = _words("f", v)
+            words = _words("f", v)
+            if i < SMALL_MAP:
+                self.holding[2 * i : 2 * i + 2] = words
+            self.holding[BIG_BASE + 2 * i : BIG_BASE + 2 * i + 2] = words
             self.input[i] = max(-32768, min(32767, round(v * 10))) & 0xFFFF
             self.coils[i] = v > s.offset
         self.counter = (self.counter + 1) & 0xFFFF
@@ -124,6 +130,10 @@ class ModbusPlant:
             table = self.holding if function_code == 3 else self.input
             if function_code == 3 and any(a in FAULTY for a in range(address, address + count)):
                 return ExcCodes.DEVICE_FAILURE
+            if function_code == 3 and any(
+                4000 <= a < BIG_BASE or a >= BIG_BASE + 2 * len(self.signals) for a in (address, address + count - 1)
+            ):
+                return ExcCodes.ILLEGAL_ADDRESS
             for a in range(address, address + count):
                 current_registers[a - start_address] = table[a] if a < len(table) else 0
         elif function_code in (1, 2):  # bits, packed 16 to a register, lowest address first

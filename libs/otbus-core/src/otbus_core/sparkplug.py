@@ -28,7 +28,8 @@ MESSAGE_TYPES = frozenset({"NBIRTH", "NDEATH", "NDATA", "NCMD", "DBIRTH", "DDEAT
 
 DT = pb.DataType
 _TYPE_NAMES = {v: k for k, v in pb.DataType.items()}
-_SIGNED32: dict[int, int] = {DT.Int8: 8, DT.Int16: 16, DT.Int32: 32}
+_SIGNED32: dict[int, int] = {int(DT.Int8): 8, int(DT.Int16): 16, int(DT.Int32): 32}
+_INT64 = int(DT.Int64)
 
 
 class SparkplugTopic(NamedTuple):
@@ -75,7 +76,7 @@ def metric_value(m: Any, datatype: int) -> bool | int | float | str | None:
         bits = _SIGNED32[datatype]
         v &= (1 << bits) - 1
         return v - (1 << bits) if v >> (bits - 1) else v  # type: ignore[no-any-return]
-    if datatype == DT.Int64 and field == "long_value":
+    if datatype == _INT64 and field == "long_value":
         return v - (1 << 64) if v >> 63 else v  # type: ignore[no-any-return]
     if field in ("int_value", "long_value", "float_value", "double_value", "boolean_value", "string_value"):
         return v  # type: ignore[no-any-return]

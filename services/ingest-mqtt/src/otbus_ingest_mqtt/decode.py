@@ -173,7 +173,13 @@ class ValueDecoder:
 class _Metrics:
     by_alias: dict[int, tuple[str, int]] = field(default_factory=dict)  # alias -> (name, datatype)
     types: dict[str, int] = field(default_factory=dict)  # name -> datatype
+    tags: dict[tuple[str, int], tuple[str, str, bool]] = field(default_factory=dict)  # -> (tag, type, skip)
     alive: bool = False
+
+
+_PLAIN = frozenset({"int_value", "long_value", "float_value", "double_value", "boolean_value", "string_value"})
+_SIGNED = frozenset({int(DT.Int8), int(DT.Int16), int(DT.Int32), int(DT.Int64)})
+_LONG_LIMIT = 2**63
 
 
 @dataclass
@@ -310,27 +316,48 @@ class SparkplugDecoder:
     def _data(self, t: SparkplugTopic, metrics: _Metrics, p: Any) -> list[Reading]:
         base = _base(t.group, t.edge_node, t.device)
         default_ts = p.timestamp if p.HasField("timestamp") else None
+        now_us = None
         out: list[Reading] = []
+        cache = metrics.tags
+        append = out.append
         for m in p.metrics:
             name = m.name
             if name:
                 dt = m.datatype or metrics.types.get(name, 0)
-            elif m.HasField("alias") and m.alias in metrics.by_alias:
-                name, dt = metrics.by_alias[m.alias]
             else:
-                raise Rejected(f"metric alias {m.alias} is not in the BIRTH (rebirth needed)", "UnknownAlias")
-            if name == "bdSeq" or name.startswith("Node Control/"):
+                alias = m.alias
+                known = metrics.by_alias.get(alias)
+                if known is None or not m.HasField("alias"):
+                    raise Rejected(f"metric alias {alias} is not in the BIRTH (rebirth needed)", "UnknownAlias")
+                name, dt = known
+            key = (name, dt)
+            info = cache.get(key)
+            if info is None:  # per metric once: its tag, its type's name, whether it is a reading at all
+                skip = name == "bdSeq" or name.startswith("Node Control/")
+                info = cache[key] = (f"{base}/{name}", type_name(dt), skip)
+            if info[2]:
                 continue
-            try:
-                value = metric_value(m, dt)
-            except DecodeError as e:
-                log.debug("%s", e)
-                continue  # DataSet, Template, arrays: not readings
-            if isinstance(value, int) and not isinstance(value, bool) and value >= 2**63:
-                value = float(value)  # UInt64 beyond a signed long
-            ts_ms = m.timestamp if m.HasField("timestamp") else default_ts
-            ts = _ms_to_us(ts_ms) if ts_ms is not None else _now_us()
-            out.append(Reading(f"{base}/{name}", value, ts, metric_quality(m), "", type_name(dt)))
+            field = m.WhichOneof("value")
+            if m.is_null or field is None:
+                value: Any = None
+            elif field in _PLAIN and dt not in _SIGNED:
+                value = getattr(m, field)
+                if field == "long_value" and value >= _LONG_LIMIT:
+                    value = float(value)  # UInt64 beyond a signed long
+            else:
+                try:
+                    value = metric_value(m, dt)
+                except DecodeError as e:
+                    log.debug("%s", e)
+                    continue  # DataSet, Template, arrays: not readings
+            if m.HasField("timestamp"):
+                ts = m.timestamp * 1000
+            elif default_ts is not None:
+                ts = default_ts * 1000
+            else:
+                ts = now_us = now_us or _now_us()
+            quality = metric_quality(m) if m.HasField("properties") else None
+            append(Reading(info[0], value, ts, quality, "", info[1]))
         return out
 
     def _check_seq(self, t: SparkplugTopic, node: _Node, p: Any) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from otbus_ingest_mqtt.config import JsonMapping
@@ -137,3 +138,15 @@ def test_rebirth_command_is_the_node_control_metric() -> None:
     p.ParseFromString(rebirth_command(T0))
     (m,) = p.metrics
     assert (m.name, m.datatype, m.boolean_value) == ("Node Control/Rebirth", DT.Boolean, True)
+
+
+def test_birth_tables_survive_a_restart(tmp_path: Path) -> None:
+    state = tmp_path / "spb.json"
+    d = SparkplugDecoder(state_path=state)
+    d("spBv1.0/plant/NBIRTH/edge1", _birth())
+    again = SparkplugDecoder(state_path=state)  # a restarted adapter: no BIRTH seen since
+    (r,) = again("spBv1.0/plant/NDATA/edge1", encode_payload([{"alias": 1, "datatype": DT.Float, "value": 9.0}], 7, T0))
+    assert (r.tag, r.value) == ("plant/edge1/Temperature", 9.0)
+    again("spBv1.0/plant/NDEATH/edge1", encode_payload([{"name": "bdSeq", "datatype": DT.Int64, "value": 0}], None, T0))
+    with pytest.raises(Rejected, match="before the NBIRTH"):
+        SparkplugDecoder(state_path=state)("spBv1.0/plant/NDATA/edge1", encode_payload([], 8, T0))

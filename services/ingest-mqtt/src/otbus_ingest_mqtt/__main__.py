@@ -15,7 +15,7 @@ def build(settings: MqttSettings) -> AdapterRuntime[MqttSource]:
     def subscriber(cfg: MqttSource) -> MqttSubscriber:
         sub = subscribers.get(cfg.name)
         if sub is None or sub.cfg != cfg:  # a source re-added with other settings starts afresh
-            sub = subscribers[cfg.name] = MqttSubscriber(cfg)
+            sub = subscribers[cfg.name] = MqttSubscriber(cfg, settings.home)
         return sub
 
     return AdapterRuntime(settings, store, subscriber)

@@ -5,11 +5,13 @@ Each returns readings, or raises `Rejected` with the reason (the message goes to
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -177,6 +179,18 @@ class _Metrics:
     alive: bool = False
 
 
+def _doc_of(m: _Metrics) -> dict[str, Any]:
+    return {"alive": m.alive, "by_alias": [[a, n, dt] for a, (n, dt) in m.by_alias.items()], "types": m.types}
+
+
+def _metrics_of(doc: dict[str, Any]) -> _Metrics:
+    return _Metrics(
+        by_alias={int(a): (str(n), int(dt)) for a, n, dt in doc["by_alias"]},
+        types={str(k): int(v) for k, v in doc["types"].items()},
+        alive=bool(doc["alive"]),
+    )
+
+
 _PLAIN = frozenset({"int_value", "long_value", "float_value", "double_value", "boolean_value", "string_value"})
 _SIGNED = frozenset({int(DT.Int8), int(DT.Int16), int(DT.Int32), int(DT.Int64)})
 _LONG_LIMIT = 2**63
@@ -205,13 +219,56 @@ class SparkplugDecoder:
 
     `request_rebirth(group, edge_node)` is called (rate-limited) on a sequence gap or data
     for an unknown alias; the source publishes the NCMD.
+
+    With `state_path`, the BIRTH tables are kept on disk (rewritten on every BIRTH and DEATH)
+    and read back at start: data waiting in a persistent session while the adapter was away
+    is then decoded, not dead-lettered for want of its BIRTH.
     """
 
-    def __init__(self, request_rebirth: Callable[[str, str], None] | None = None, rebirth_every_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        request_rebirth: Callable[[str, str], None] | None = None,
+        rebirth_every_s: float = 5.0,
+        state_path: Path | None = None,
+    ) -> None:
         self.nodes: dict[tuple[str, str], _Node] = {}
         self.request_rebirth = request_rebirth
         self.rebirth_every_s = rebirth_every_s
         self.stats = SparkplugStats()
+        self.state_path = state_path
+        if state_path is not None and state_path.exists():
+            self._load(state_path)
+
+    def _load(self, path: Path) -> None:
+        try:
+            doc = json.loads(path.read_text())
+            for n in doc["nodes"]:
+                node = _Node(bd_seq=n["bd_seq"], metrics=_metrics_of(n["metrics"]))
+                node.devices = {d: _metrics_of(m) for d, m in n["devices"].items()}
+                self.nodes[(n["group"], n["edge_node"])] = node
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            log.warning("sparkplug state %s cannot be read (%s): waiting for BIRTHs", path, e)
+            self.nodes = {}
+
+    def _save(self) -> None:
+        if self.state_path is None:
+            return
+        doc = {
+            "nodes": [
+                {
+                    "group": g,
+                    "edge_node": e,
+                    "bd_seq": node.bd_seq,
+                    "metrics": _doc_of(node.metrics),
+                    "devices": {d: _doc_of(m) for d, m in node.devices.items()},
+                }
+                for (g, e), node in self.nodes.items()
+            ]
+        }
+        self.state_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(doc))
+        tmp.replace(self.state_path)
 
     def __call__(self, topic: str, payload: bytes) -> list[Reading]:
         t = parse_topic(topic)
@@ -257,12 +314,16 @@ class SparkplugDecoder:
             if m.name == "bdSeq":
                 node.bd_seq = int(metric_value(m, m.datatype or DT.Int64) or 0)
         self.stats.births += 1
-        return self._birth_readings(t, node.metrics, p)
+        out = self._birth_readings(t, node.metrics, p)
+        self._save()
+        return out
 
     def _device_birth(self, t: SparkplugTopic, node: _Node, p: Any) -> list[Reading]:
         metrics = node.devices[t.device or ""] = _Metrics(alive=True)
         self.stats.births += 1
-        return self._birth_readings(t, metrics, p)
+        out = self._birth_readings(t, metrics, p)
+        self._save()
+        return out
 
     def _birth_readings(self, t: SparkplugTopic, metrics: _Metrics, p: Any) -> list[Reading]:
         for m in p.metrics:
@@ -289,6 +350,7 @@ class SparkplugDecoder:
         for metrics in node.devices.values():
             metrics.alive = False
         node.seq = None
+        self._save()
         return out
 
     def _device_death(self, t: SparkplugTopic, node: _Node, p: Any) -> list[Reading]:
@@ -299,6 +361,7 @@ class SparkplugDecoder:
         ts = _ms_to_us(p.timestamp) if p.HasField("timestamp") else _now_us()
         out = self._stale(t, t.device, metrics, ts, "device death (DDEATH)")
         metrics.alive = False
+        self._save()
         return out
 
     def _stale(self, t: SparkplugTopic, device: str | None, metrics: _Metrics, ts: int, why: str) -> list[Reading]:

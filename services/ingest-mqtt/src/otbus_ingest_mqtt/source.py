@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import threading
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -25,8 +26,9 @@ class MqttSubscriber:
     """Made once per source: the Sparkplug state (alias tables, seq) outlives reconnects, since a
     persistent session delivers what was sent meanwhile."""
 
-    def __init__(self, cfg: MqttSource) -> None:
+    def __init__(self, cfg: MqttSource, state_dir: Path | None = None) -> None:
         self.cfg = cfg
+        self.state_dir = state_dir
         self.client: mqtt.Client | None = None
         self.decoder = self._decoder()
 
@@ -144,7 +146,8 @@ class MqttSubscriber:
                 if self.cfg.sparkplug_rebirth and self.client is not None:
                     self.client.publish(f"spBv1.0/{group}/NCMD/{edge}", rebirth_command(), qos=0)
 
-            return SparkplugDecoder(rebirth)
+            state = self.state_dir / "sparkplug" / f"{self.cfg.name}.json" if self.state_dir is not None else None
+            return SparkplugDecoder(rebirth, state_path=state)
         if kind == "value":
             return ValueDecoder()
         return JsonDecoder(self.cfg.json_mapping)

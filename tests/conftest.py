@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import pytest
 
-from tests.support import Infra, new_tenant, start_infra
+from tests.support import Infra, Service, new_tenant, start_infra, tenant_normalizer
 
 
 @pytest.fixture(scope="session")
@@ -22,3 +23,11 @@ def tenant() -> str:
 @pytest.fixture(scope="session", autouse=True)
 def _no_proxy() -> None:
     os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
+
+
+@pytest.fixture
+def normalizer(infra: Infra, tenant: str) -> Iterator[Service]:
+    """A running normalizer for the test's tenant."""
+    svc = tenant_normalizer(infra, tenant).start()
+    yield svc
+    svc.stop()

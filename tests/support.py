@@ -219,6 +219,19 @@ def dump(obj: Any) -> str:
     return json.dumps(obj, indent=2, default=str)
 
 
+def tenant_normalizer(infra: Infra, tenant: str) -> Service:
+    """A normalizer (not started) serving only `tenant`, in a consumer group of its own."""
+    run = uuid.uuid4().hex[:8]
+    env = {
+        **infra.env(),
+        "OTBUS_METADATA_REFRESH_MS": "1000",
+        "OTBUS_TENANTS": tenant,
+        "OTBUS_INSTANCE_ID": f"test-{run}",
+        "OTBUS_GROUP_ID": f"otbus-normalizer-{run}",
+    }
+    return Service("normalizer", "otbus_normalizer", env, free_port())
+
+
 @dataclass
 class Stack:
     """The first slice as separate processes: ingest-http, normalizer, event store."""

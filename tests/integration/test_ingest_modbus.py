@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ from otbus_core.codec import AvroCodec
 from otbus_core.raw import unpack_values
 from otbus_core.schemas import RAW_READING_BATCH, TAG_RECORD
 from otbus_core.topics import raw_topic, tags_topic
-from tests.support import Infra, ModbusSimulator, Service, free_port, read_topic, wait_until
+from tests.support import Infra, ModbusSimulator, Service, free_port, read_topic, tenant_normalizer, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -85,14 +84,8 @@ def modbus_stack(infra: Infra, tenant: str, tmp_path: Path) -> Iterator[tuple[Mo
     sim.start()
     sources = tmp_path / "sources.yaml"
     sources.write_text(SOURCES.format(port=sim.port))
-    run = uuid.uuid4().hex[:8]
     common = {**infra.env(), "OTBUS_METADATA_REFRESH_MS": "1000", "OTBUS_TENANTS": tenant}
-    normalizer = Service(
-        "normalizer",
-        "otbus_normalizer",
-        {**common, "OTBUS_INSTANCE_ID": f"modbus-{run}", "OTBUS_GROUP_ID": f"otbus-normalizer-{run}"},
-        free_port(),
-    )
+    normalizer = tenant_normalizer(infra, tenant)
     adapter = Service(
         "ingest-modbus",
         "otbus_ingest_modbus",

@@ -7,7 +7,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -85,26 +84,6 @@ class Adapter:
 
     def sources(self) -> list[dict[str, Any]]:
         return httpx.get(f"{self.service.url}/api/v1/sources", timeout=5).json()["sources"]  # type: ignore[no-any-return]
-
-
-@pytest.fixture
-def normalizer(infra: Infra, tenant: str) -> Iterator[Service]:
-    run = uuid.uuid4().hex[:8]
-    svc = Service(
-        "normalizer",
-        "otbus_normalizer",
-        {
-            **infra.env(),
-            "OTBUS_METADATA_REFRESH_MS": "1000",
-            "OTBUS_TENANTS": tenant,
-            "OTBUS_INSTANCE_ID": f"mqtt-{run}",
-            "OTBUS_GROUP_ID": f"otbus-normalizer-{run}",
-        },
-        free_port(),
-    )
-    svc.start()
-    yield svc
-    svc.stop()
 
 
 def test_json_from_the_simulator_bad_payloads_and_a_kept_session(

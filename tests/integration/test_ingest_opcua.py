@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,22 +34,6 @@ def _tags(infra: Infra, tenant: str) -> list[dict[str, Any]]:
 
 def _latest(infra: Infra, tenant: str) -> dict[str, dict[str, Any]]:
     return {r["source_tag"]: r for r in _tags(infra, tenant)}
-
-
-@pytest.fixture
-def normalizer(infra: Infra, tenant: str) -> Iterator[Service]:
-    run = uuid.uuid4().hex[:8]
-    env = {
-        **infra.env(),
-        "OTBUS_METADATA_REFRESH_MS": "1000",
-        "OTBUS_TENANTS": tenant,
-        "OTBUS_INSTANCE_ID": f"opcua-{run}",
-        "OTBUS_GROUP_ID": f"otbus-normalizer-{run}",
-    }
-    svc = Service("normalizer", "otbus_normalizer", env, free_port())
-    svc.start()
-    yield svc
-    svc.stop()
 
 
 def _adapter(infra: Infra, tenant: str, tmp: Path, sources: str, **env: str) -> Service:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import itertools
 import re
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,16 @@ from otbus_core.codec import AvroCodec
 from otbus_core.raw import NONE, unpack_values
 from otbus_core.schemas import RAW_READING_BATCH, TAG_RECORD
 from otbus_core.topics import raw_topic, tags_topic
-from tests.support import Infra, ModbusSimulator, Service, free_port, infra_cmd, read_topic, wait_until
+from tests.support import (
+    Infra,
+    ModbusSimulator,
+    Service,
+    free_port,
+    infra_cmd,
+    read_topic,
+    tenant_normalizer,
+    wait_until,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -52,14 +60,8 @@ def test_kafka_outage_loses_nothing_and_keeps_order(infra: Infra, tenant: str, t
     sim.start()
     sources = tmp_path / "sources.yaml"
     sources.write_text(SOURCES.format(port=sim.port, poll_ms=POLL_MS))
-    run = uuid.uuid4().hex[:8]
     common = {**infra.env(), "OTBUS_METADATA_REFRESH_MS": "1000", "OTBUS_TENANTS": tenant}
-    normalizer = Service(
-        "normalizer",
-        "otbus_normalizer",
-        {**common, "OTBUS_INSTANCE_ID": f"outage-{run}", "OTBUS_GROUP_ID": f"otbus-normalizer-{run}"},
-        free_port(),
-    )
+    normalizer = tenant_normalizer(infra, tenant)
     adapter = Service(
         "ingest-modbus",
         "otbus_ingest_modbus",

@@ -33,6 +33,8 @@ import msgspec
 import paho.mqtt.client as mqtt
 from confluent_kafka import Consumer
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from bench.common import (
     INFRA_SH,
@@ -145,18 +147,20 @@ def _publish_all(topic_payloads: list[tuple[str, bytes]], qos: int = 1) -> float
     return len(topic_payloads) / seconds
 
 
-def _session(client_id: str, topic: str) -> None:
-    """Create (or renew) a persistent QoS 1 session for `client_id` subscribed to `topic`."""
-    host, port = _mqtt_hostport()
+def _persistent_client(client_id: str) -> tuple[mqtt.Client, Properties]:
+    """An MQTT 5 client and the CONNECT properties of a session the broker keeps for an hour."""
     c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
-    from paho.mqtt.packettypes import PacketTypes
-    from paho.mqtt.properties import Properties
-
     props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
     props.SessionExpiryInterval = 3600
+    return c, props
+
+
+def _session(client_id: str, topic: str) -> None:
+    """Create (or renew) a persistent QoS 1 session for `client_id` subscribed to `topic`."""
+    c, props = _persistent_client(client_id)
     done = threading.Event()
     c.on_subscribe = lambda *_a: done.set()
-    c.connect(host, port, 60, clean_start=False, properties=props)
+    c.connect(*_mqtt_hostport(), 60, clean_start=False, properties=props)
     c.loop_start()
     c.subscribe(topic, qos=1)
     done.wait(10)
@@ -166,13 +170,7 @@ def _session(client_id: str, topic: str) -> None:
 
 def _bare_drain(client_id: str, topic: str, total: int, parse: Any = None) -> float:
     """A bare paho subscriber draining `total` queued messages from its session; messages/s."""
-    host, port = _mqtt_hostport()
-    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
-    from paho.mqtt.packettypes import PacketTypes
-    from paho.mqtt.properties import Properties
-
-    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-    props.SessionExpiryInterval = 3600
+    c, props = _persistent_client(client_id)
     got = 0
     first: float | None = None
     last = 0.0
@@ -190,7 +188,7 @@ def _bare_drain(client_id: str, topic: str, total: int, parse: Any = None) -> fl
             done.set()
 
     c.on_message = on_message
-    c.connect(host, port, 60, clean_start=False, properties=props)
+    c.connect(*_mqtt_hostport(), 60, clean_start=False, properties=props)
     c.loop_start()
     done.wait(600)
     c.loop_stop()

@@ -16,12 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
+
+from otbus_core.codec import AvroCodec
 
 REPO = Path(__file__).resolve().parents[1]
 INFRA = REPO / "deploy" / "local" / "infra.sh"
 ARTIFACTS = REPO / "test-artifacts"
+_CODEC = AvroCodec()
 
 
 @dataclass(frozen=True)
@@ -153,6 +156,29 @@ class Service:
         return self.proc.returncode
 
 
+_NO_LEADER_YET = {
+    KafkaError.NOT_LEADER_FOR_PARTITION,
+    KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.UNKNOWN_TOPIC_OR_PART,
+    KafkaError._TIMED_OUT,
+}
+
+
+def _watermarks(c: Any, tp: TopicPartition, timeout: float = 20.0) -> tuple[int, int]:
+    """Low and high offsets; a topic created a moment ago may have no leader yet, so retriable errors retry."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            lo, hi = c.get_watermark_offsets(tp, timeout=10)
+            return lo, hi
+        except KafkaException as e:
+            err = e.args[0]
+            transient = err.retriable() or err.code() in _NO_LEADER_YET
+            if not transient or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
 def read_topic(bootstrap: str, topic: str, timeout: float = 10.0, committed_only: bool = True) -> list[Any]:
     """Every record of `topic` up to its end offsets at call time."""
     admin = AdminClient({"bootstrap.servers": bootstrap})
@@ -171,7 +197,7 @@ def read_topic(bootstrap: str, topic: str, timeout: float = 10.0, committed_only
         parts = [TopicPartition(topic, p, 0) for p in md.topics[topic].partitions]
         ends = {}
         for tp in parts:
-            lo, hi = c.get_watermark_offsets(tp, timeout=10)
+            lo, hi = _watermarks(c, tp)
             ends[tp.partition] = hi
             tp.offset = lo
         c.assign(parts)
@@ -344,58 +370,28 @@ class Stack:
         return int(r.json()["total"])
 
 
-_MODBUS_SIMULATOR = [sys.executable, "-m", "otbus_ot_simulator", "modbus"]
+class SimulatorProcess:
+    """One mode of the OT simulator (a real protocol server) as its own process."""
 
-
-class ModbusSimulator:
-    """The OT simulator's Modbus TCP server (a real pymodbus server) as its own process."""
-
-    def __init__(self, port: int, *args: str) -> None:
-        self.port = port
-        self.args = args
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.log = ARTIFACTS / f"simulator-modbus-{port}.log"
-
-    def start(self) -> None:
-        ARTIFACTS.mkdir(exist_ok=True)
-        started = self.log.read_bytes().count(b" on 127.0.0.1:") if self.log.exists() else 0
-        with self.log.open("ab") as f:
-            self.proc = subprocess.Popen(
-                [*_MODBUS_SIMULATOR, "--port", str(self.port), "--tags", "20", "--interval", "0.2", *self.args],
-                stdout=f,
-                stderr=f,
-            )
-        wait_until(lambda: self.log.read_bytes().count(b" on 127.0.0.1:") > started, 20, "the Modbus simulator")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
-
-
-class OpcUaSimulator:
-    """The OT simulator's OPC-UA server (a real asyncua server) as its own process."""
+    mode = ""
+    marker = b""  # what its log says once it serves
 
     def __init__(self, port: int, *args: str) -> None:
         self.port = port
         self.args = args
         self.proc: subprocess.Popen[bytes] | None = None
-        self.log = ARTIFACTS / f"simulator-opcua-{port}.log"
-
-    @property
-    def endpoint(self) -> str:
-        return f"opc.tcp://127.0.0.1:{self.port}/otbus/simulator"
+        self.log = ARTIFACTS / f"simulator-{self.mode}-{port}.log"
 
     def start(self) -> None:
         ARTIFACTS.mkdir(exist_ok=True)
-        started = self.log.read_bytes().count(b"OPC-UA on") if self.log.exists() else 0
+        started = self.log.read_bytes().count(self.marker) if self.log.exists() else 0
         with self.log.open("ab") as f:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "otbus_ot_simulator", "opcua", "--port", str(self.port), *self.args],
+                [sys.executable, "-m", "otbus_ot_simulator", self.mode, "--port", str(self.port), *self.args],
                 stdout=f,
                 stderr=f,
             )
-        wait_until(lambda: self.log.read_bytes().count(b"OPC-UA on") > started, 60, "the OPC-UA simulator")
+        wait_until(lambda: self.log.read_bytes().count(self.marker) > started, 60, f"the {self.mode} simulator")
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -405,3 +401,25 @@ class OpcUaSimulator:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
+
+
+class ModbusSimulator(SimulatorProcess):
+    mode = "modbus"
+    marker = b" on 127.0.0.1:"
+
+    def __init__(self, port: int, *args: str) -> None:
+        super().__init__(port, "--tags", "20", "--interval", "0.2", *args)
+
+
+class OpcUaSimulator(SimulatorProcess):
+    mode = "opcua"
+    marker = b"OPC-UA on"
+
+    @property
+    def endpoint(self) -> str:
+        return f"opc.tcp://127.0.0.1:{self.port}/otbus/simulator"
+
+
+def topic_records(infra: Infra, topic: str, schema: str, timeout: float = 5.0) -> list[dict[str, Any]]:
+    """Every record of `topic` decoded with the Avro `schema` (a schemas/avro name)."""
+    return [_CODEC.decode(m.value(), schema) for m in read_topic(infra.kafka_bootstrap, topic, timeout=timeout)]

@@ -14,7 +14,16 @@ from otbus_core.codec import AvroCodec
 from otbus_core.raw import unpack_values
 from otbus_core.schemas import RAW_READING_BATCH, TAG_RECORD
 from otbus_core.topics import raw_topic, tags_topic
-from tests.support import Infra, ModbusSimulator, Service, free_port, read_topic, tenant_normalizer, wait_until
+from tests.support import (
+    Infra,
+    ModbusSimulator,
+    Service,
+    free_port,
+    read_topic,
+    tenant_normalizer,
+    topic_records,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -69,9 +78,7 @@ EXPECTED = {  # tag_name -> value, for the registers with fixed values in the si
 
 
 def _tags(infra: Infra, tenant: str) -> list[dict[str, Any]]:
-    return [
-        CODEC.decode(m.value(), TAG_RECORD) for m in read_topic(infra.kafka_bootstrap, tags_topic(tenant), timeout=5)
-    ]
+    return topic_records(infra, tags_topic(tenant), TAG_RECORD)
 
 
 def _latest(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:

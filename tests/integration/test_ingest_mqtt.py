@@ -16,14 +16,21 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from otbus_core.codec import AvroCodec
 from otbus_core.schemas import DEAD_LETTER, TAG_RECORD
 from otbus_core.topics import dlq_topic, tags_topic
-from tests.support import ARTIFACTS, Infra, Service, free_port, infra_cmd, read_topic, start_infra, wait_until
+from tests.support import (
+    ARTIFACTS,
+    Infra,
+    Service,
+    free_port,
+    infra_cmd,
+    start_infra,
+    topic_records,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
-CODEC = AvroCodec()
 SIM = [sys.executable, "-m", "otbus_ot_simulator"]
 
 
@@ -33,15 +40,11 @@ def mqtt_url() -> str:
 
 
 def _tags(infra: Infra, tenant: str) -> list[dict[str, Any]]:
-    return [
-        CODEC.decode(m.value(), TAG_RECORD) for m in read_topic(infra.kafka_bootstrap, tags_topic(tenant), timeout=5)
-    ]
+    return topic_records(infra, tags_topic(tenant), TAG_RECORD)
 
 
 def _dlq(infra: Infra, tenant: str) -> list[dict[str, Any]]:
-    return [
-        CODEC.decode(m.value(), DEAD_LETTER) for m in read_topic(infra.kafka_bootstrap, dlq_topic(tenant), timeout=5)
-    ]
+    return topic_records(infra, dlq_topic(tenant), DEAD_LETTER)
 
 
 def _simulate(*args: str, timeout: float = 120) -> str:

@@ -9,14 +9,12 @@ from typing import Any
 import httpx
 import pytest
 
-from otbus_core.codec import AvroCodec
 from otbus_core.schemas import TAG_RECORD
 from otbus_core.topics import tags_topic
-from tests.support import Infra, OpcUaSimulator, Service, free_port, read_topic, wait_until
+from tests.support import Infra, OpcUaSimulator, Service, free_port, topic_records, wait_until
 
 pytestmark = pytest.mark.integration
 
-CODEC = AvroCodec()
 STATIC = {
     "Int16Value": (-1234, "INT64"),
     "UInt32Value": (3_000_000_000, "INT64"),
@@ -27,9 +25,7 @@ STATIC = {
 
 
 def _tags(infra: Infra, tenant: str) -> list[dict[str, Any]]:
-    return [
-        CODEC.decode(m.value(), TAG_RECORD) for m in read_topic(infra.kafka_bootstrap, tags_topic(tenant), timeout=5)
-    ]
+    return topic_records(infra, tags_topic(tenant), TAG_RECORD)
 
 
 def _latest(infra: Infra, tenant: str) -> dict[str, dict[str, Any]]:

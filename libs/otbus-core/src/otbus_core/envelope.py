@@ -26,6 +26,7 @@ __all__ = [
     "Envelope",
     "ce_headers",
     "envelope_of",
+    "is_utf8",
     "micros_to_rfc3339",
     "now_micros",
 ]
@@ -161,14 +162,14 @@ class Envelope(NamedTuple):
         try:
             h = [None if (v := raw.get(k)) is None else v.decode() if isinstance(v, bytes) else v for k in _READ]
         except UnicodeDecodeError:
-            bad = next(k for k in _READ if isinstance(b := raw.get(k), bytes) and not _utf8(b))
+            bad = next(k for k in _READ if isinstance(b := raw.get(k), bytes) and not is_utf8(b))
             raise DecodeError(f"header {bad} is not UTF-8") from None
         if h[0] != SPECVERSION:
             raise DecodeError(f"ce_specversion {h[0]!r} is not {SPECVERSION}")
         return cls(h[1], h[2], h[3], h[4], h[5] or "", h[6], h[7], h[8] or AVRO_CONTENT_TYPE, h[9], h[10])  # type: ignore[arg-type]
 
 
-def _utf8(b: bytes) -> bool:
+def is_utf8(b: bytes) -> bool:
     try:
         b.decode()
     except UnicodeDecodeError:

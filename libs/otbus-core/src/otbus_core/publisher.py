@@ -25,7 +25,7 @@ from otbus_core.exceptions import TransientError
 from otbus_core.ids import uuid7, uuid7_block
 from otbus_core.kafka import admin_client, base_config
 from otbus_core.producer import PRODUCER_DEFAULTS
-from otbus_core.raw import NONE, pack_values
+from otbus_core.raw import MAX_RECORD_BYTES, NONE, encode_in_chunks, pack_values
 from otbus_core.schemas import RAW_READING_BATCH
 from otbus_core.settings import OtbusSettings
 from otbus_core.spool import Spool, SpoolRecord
@@ -34,9 +34,6 @@ from otbus_core.topics import TopicProvisioner, raw_topic
 __all__ = ["MAX_RECORD_BYTES", "RawEncoder", "Reading", "SpoolDrainer"]
 
 log = logging.getLogger(__name__)
-
-MAX_RECORD_BYTES = 900_000
-"""Below the broker's default message.max.bytes (1 MB), with room for headers."""
 
 
 class Reading(NamedTuple):
@@ -76,17 +73,11 @@ class RawEncoder:
         source = f"/otbus/{protocol}/{source_id}"
         time_text = micros_to_rfc3339(received)
         out: list[SpoolRecord] = []
-        pending = [readings[i : i + self.max_readings] for i in range(0, len(readings), self.max_readings)]
-        while pending:
-            chunk = pending.pop(0)
-            cols = _columns(source_id, protocol, context, received, chunk)
-            value = self.codec.encode_with(prefix, self._schema, cols)
-            if len(value) > MAX_RECORD_BYTES:
-                if len(chunk) > 1:
-                    half = len(chunk) // 2
-                    pending[:0] = [chunk[:half], chunk[half:]]
-                    continue
-                raise OverflowError(f"one reading encodes to {len(value)} bytes, over {MAX_RECORD_BYTES}")
+
+        def encode(chunk: Sequence[Reading]) -> bytes:
+            return self.codec.encode_with(prefix, self._schema, _columns(source_id, protocol, context, received, chunk))
+
+        for chunk, value in encode_in_chunks(readings, self.max_readings, encode):
             headers = ce_headers(uuid7(), source, TYPE_RAW_READINGS, tenant, time_text, source_id, uri)
             out.append(SpoolRecord(topic, key, value, [(k, v.encode()) for k, v in headers], len(chunk)))
         return out
@@ -167,12 +158,15 @@ class SpoolDrainer:
 
     def _on_error(self, err: KafkaError) -> None:
         if err.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT, KafkaError._RESOLVE):
-            if self.broker_error_since is None:
-                self.broker_error_since = time.monotonic()
-            self.broker_error = str(err)
+            self._broker_down(str(err))
         if err.fatal():
             self.fatal = err
         log.warning("kafka: %s", err)
+
+    def _broker_down(self, why: str) -> None:
+        if self.broker_error_since is None:
+            self.broker_error_since = time.monotonic()
+        self.broker_error = why
 
     def _run(self) -> None:
         try:
@@ -195,9 +189,7 @@ class SpoolDrainer:
                 self.topics.ensure(topics)
                 break
             except TransientError as e:  # the broker is away: try again, nothing is lost
-                self.broker_error = str(e)
-                if self.broker_error_since is None:
-                    self.broker_error_since = time.monotonic()
+                self._broker_down(str(e))
                 self._stop.wait(1.0)
         for seq, r in records:
             self._inflight[seq] = (time.monotonic(), r.readings, False)

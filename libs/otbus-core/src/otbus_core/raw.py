@@ -7,12 +7,17 @@ several times what a plain array item does, and ingest is measured in events per
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeVar
 
 from otbus_core.exceptions import PoisonRecord
 
-__all__ = ["NONE", "pack_values", "unpack_values"]
+__all__ = ["MAX_RECORD_BYTES", "NONE", "encode_in_chunks", "pack_values", "unpack_values"]
+
+MAX_RECORD_BYTES = 900_000
+"""Below the broker's default message.max.bytes (1 MB), with room for headers."""
+
+T = TypeVar("T")
 
 NONE = -(2**63)
 """Stands for 'not given' in `quality_codes` and `source_times`."""
@@ -62,3 +67,24 @@ def unpack_values(batch: Mapping[str, Any]) -> list[Any]:
             raise PoisonRecord(f"value_kinds counts {counts[k]} {_KEYS[k]} but the array has {len(arrays[k])}")
     iters = [iter(a) for a in arrays]
     return [next(iters[k]) if k else None for k in kinds]
+
+
+def encode_in_chunks(
+    items: Sequence[T], per: int, encode: Callable[[Sequence[T]], bytes], limit: int = MAX_RECORD_BYTES
+) -> list[tuple[Sequence[T], bytes]]:
+    """`items` encoded `per` at a time, as (chunk, value). A chunk that encodes to more than
+    `limit` bytes (large strings) is halved and encoded again; OverflowError when a single
+    item does not fit."""
+    out: list[tuple[Sequence[T], bytes]] = []
+    pending = [items[i : i + per] for i in range(0, len(items), per)]
+    while pending:
+        chunk = pending.pop(0)
+        value = encode(chunk)
+        if len(value) > limit:
+            if len(chunk) > 1:
+                half = len(chunk) // 2
+                pending[:0] = [chunk[:half], chunk[half:]]
+                continue
+            raise OverflowError(f"one item encodes to {len(value)} bytes, over the {limit} limit")
+        out.append((chunk, value))
+    return out

@@ -13,7 +13,7 @@ from confluent_kafka import Message
 
 from otbus_core.codec import AVRO_CONTENT_TYPE, AvroCodec
 from otbus_core.dlq import dead_letter_from_message
-from otbus_core.envelope import SPECVERSION
+from otbus_core.envelope import SPECVERSION, is_utf8
 from otbus_core.exceptions import DecodeError, InvalidTenant
 from otbus_core.kafka import position
 from otbus_core.records import Outcome
@@ -98,7 +98,7 @@ def to_copy_line(msg: Message, codec: AvroCodec) -> bytes:
     try:
         head.decode()
     except UnicodeDecodeError:
-        bad = next(i for i, c in enumerate(cols) if c is not None and not _utf8(c))
+        bad = next(i for i, c in enumerate(cols) if c is not None and not is_utf8(c))
         raise DecodeError(f"header {_HEADERS[bad]} is not UTF-8") from None
     payload = _payload(content_type, msg.value(), codec)
     if b"\\" in payload:  # JSON text has no tab or line break: only backslashes to escape
@@ -108,14 +108,6 @@ def to_copy_line(msg: Message, codec: AvroCodec) -> bytes:
 
 def _text(b: bytes | None) -> str:
     return "" if b is None else b.decode(errors="replace")
-
-
-def _utf8(b: bytes) -> bool:
-    try:
-        b.decode()
-    except UnicodeDecodeError:
-        return False
-    return True
 
 
 class StoreHandler:

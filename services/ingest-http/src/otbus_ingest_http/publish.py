@@ -10,7 +10,7 @@ from otbus_core.codec import AvroCodec
 from otbus_core.dlq import encode_dead_letter
 from otbus_core.envelope import TYPE_RAW_READINGS, ce_headers, micros_to_rfc3339, now_micros
 from otbus_core.ids import uuid7, uuid7_block
-from otbus_core.raw import NONE, pack_values
+from otbus_core.raw import NONE, encode_in_chunks, pack_values
 from otbus_core.records import DeadLetter, OutRecord
 from otbus_core.schemas import RAW_READING_BATCH
 from otbus_core.topics import raw_topic
@@ -19,8 +19,6 @@ from otbus_ingest_http.validation import ItemError, timestamp_micros
 __all__ = ["STAGE", "RawPublisher"]
 
 STAGE = "ingest-http"
-MAX_RECORD_BYTES = 900_000
-"""Below the broker's default message.max.bytes (1 MB), with room for headers."""
 PROTOCOL = "http"
 
 
@@ -48,16 +46,11 @@ class RawPublisher:
         )
         context = dict(self.contexts.get(source_id, {}))
         out: list[OutRecord] = []
-        pending = [events[i : i + self.chunk] for i in range(0, len(events), self.chunk)]
-        while pending:
-            chunk = pending.pop(0)
-            value = self.codec.encode_with(prefix, self._schema, _columns(source_id, context, received, chunk))
-            if len(value) > MAX_RECORD_BYTES and len(chunk) > 1:  # large strings: split and encode again
-                half = len(chunk) // 2
-                pending[:0] = [chunk[:half], chunk[half:]]
-                continue
-            if len(value) > MAX_RECORD_BYTES:
-                raise OverflowError(f"one event encodes to {len(value)} bytes, over the {MAX_RECORD_BYTES} limit")
+
+        def encode(chunk: Sequence[Any]) -> bytes:
+            return self.codec.encode_with(prefix, self._schema, _columns(source_id, context, received, chunk))
+
+        for _chunk, value in encode_in_chunks(events, self.chunk, encode):
             if out:  # each record its own event id
                 headers = [("ce_id", uuid7()) if k == "ce_id" else (k, v) for k, v in headers]
             out.append(OutRecord(topic, value, source_id, headers))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from dataclasses import replace
 from typing import Any
 
@@ -12,6 +11,7 @@ from pymodbus.exceptions import ModbusException
 from pymodbus.framer import FramerType
 
 from otbus_core.adapter import SourceContext
+from otbus_core.envelope import now_micros
 from otbus_core.publisher import Reading
 from otbus_ingest_modbus.config import ModbusSource
 from otbus_ingest_modbus.registers import Point, Read, Table, decode, plan_reads, points
@@ -34,10 +34,6 @@ _EXCEPTIONS = {
     10: "gateway path unavailable",
     11: "gateway target device failed to respond",
 }
-
-
-def _now_us() -> int:
-    return time.time_ns() // 1000
 
 
 class ModbusPoller:
@@ -116,7 +112,7 @@ class ModbusPoller:
                     raise
                 ctx.error(f"unit {r.unit_id} {r.table.value}@{r.address}: no response ({e})")
                 return _bad(r, NO_RESPONSE, f"no response: {e}")
-        t = _now_us()
+        t = now_micros()
         if rr.isError():
             code = int(getattr(rr, "exception_code", 0) or 4)
             why = f"exception {code} ({_EXCEPTIONS.get(code, 'unknown')})"
@@ -137,7 +133,7 @@ class ModbusPoller:
         return out
 
     def _all_bad(self, ctx: SourceContext[ModbusSource], code: int, why: str) -> None:
-        t = _now_us()
+        t = now_micros()
         ctx.emit([_bad_point(p, code, why, t) for _, _, reads in self.groups for r in reads for p in r.points])
 
 
@@ -156,9 +152,9 @@ def _attrs(p: Point, error: str | None = None) -> dict[str, str] | None:
 
 
 def _bad_point(p: Point, code: int, why: str, t: int | None = None) -> Reading:
-    return Reading(p.tag, None, t if t is not None else _now_us(), code, "", p.declared_type, p.unit, _attrs(p, why))
+    return Reading(p.tag, None, t if t is not None else now_micros(), code, "", p.declared_type, p.unit, _attrs(p, why))
 
 
 def _bad(r: Read, code: int, why: str, t: int | None = None) -> list[Reading]:
-    t = t if t is not None else _now_us()
+    t = t if t is not None else now_micros()
     return [_bad_point(p, code, why, t) for p in r.points]

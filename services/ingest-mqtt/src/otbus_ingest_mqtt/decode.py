@@ -16,6 +16,7 @@ from typing import Any
 
 import msgspec
 
+from otbus_core.envelope import now_micros
 from otbus_core.exceptions import DecodeError
 from otbus_core.publisher import Reading
 from otbus_core.sparkplug import (
@@ -46,10 +47,6 @@ class Rejected(Exception):
         super().__init__(reason)
         self.reason = reason
         self.error_type = error_type
-
-
-def _now_us() -> int:
-    return time.time_ns() // 1000
 
 
 def _get(doc: Any, path: str) -> Any:
@@ -89,7 +86,7 @@ class JsonDecoder:
         at = f"item {index}: " if index is not None else ""
         if not isinstance(item, dict):
             if index is None and m.value == "value":  # a bare JSON value on a JSON topic
-                return Reading(topic, _scalar(item, "payload"), _now_us())
+                return Reading(topic, _scalar(item, "payload"), now_micros())
             raise Rejected(f"{at}expected an object with '{m.value}'", "WrongType")
         try:
             value = _scalar(_get(item, m.value), f"{at}field '{m.value}'")
@@ -109,11 +106,11 @@ class JsonDecoder:
 
     def _time(self, item: Any, at: str) -> int:
         if not self.m.timestamp:
-            return _now_us()
+            return now_micros()
         try:
             ts = _get(item, self.m.timestamp)
         except KeyError:
-            return _now_us()
+            return now_micros()
         if isinstance(ts, bool) or ts is None:
             raise Rejected(f"{at}field '{self.m.timestamp}': not a timestamp", "WrongType")
         if isinstance(ts, int | float):
@@ -165,7 +162,7 @@ class ValueDecoder:
                 v = payload.decode().strip()
             except UnicodeDecodeError:
                 raise Rejected("payload is neither JSON nor UTF-8 text", "InvalidPayload") from None
-        return [Reading(topic, _scalar(v, "payload"), _now_us())]
+        return [Reading(topic, _scalar(v, "payload"), now_micros())]
 
 
 # -- Sparkplug B ----------------------------------------------------------------------------
@@ -342,7 +339,7 @@ class SparkplugDecoder:
         if bd is not None and node.bd_seq is not None and bd != node.bd_seq:
             return []  # the death of an earlier session (its will arrived late): not this one
         self.stats.deaths += 1
-        ts = _ms_to_us(p.timestamp) if p.HasField("timestamp") else _now_us()
+        ts = _ms_to_us(p.timestamp) if p.HasField("timestamp") else now_micros()
         out = self._stale(t, None, node.metrics, ts, "node death (NDEATH)")
         for device, metrics in node.devices.items():
             out += self._stale(t, device, metrics, ts, "node death (NDEATH)")
@@ -358,7 +355,7 @@ class SparkplugDecoder:
         if metrics is None:
             return []
         self.stats.deaths += 1
-        ts = _ms_to_us(p.timestamp) if p.HasField("timestamp") else _now_us()
+        ts = _ms_to_us(p.timestamp) if p.HasField("timestamp") else now_micros()
         out = self._stale(t, t.device, metrics, ts, "device death (DDEATH)")
         metrics.alive = False
         self._save()
@@ -418,7 +415,7 @@ class SparkplugDecoder:
             elif default_ts is not None:
                 ts = default_ts * 1000
             else:
-                ts = now_us = now_us or _now_us()
+                ts = now_us = now_us or now_micros()
             quality = metric_quality(m) if m.HasField("properties") else None
             append(Reading(info[0], value, ts, quality, "", info[1]))
         return out

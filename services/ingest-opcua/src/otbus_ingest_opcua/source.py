@@ -10,7 +10,6 @@ import asyncio
 import hashlib
 import logging
 import socket
-import time
 from collections.abc import Sequence
 from contextlib import suppress
 from datetime import datetime
@@ -24,6 +23,7 @@ from asyncua.ua.uaerrors import UaError
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from otbus_core.adapter import SourceContext
+from otbus_core.envelope import now_micros
 from otbus_core.publisher import Reading
 from otbus_core.sources import resolve_secret
 from otbus_ingest_opcua.config import OpcUaSource
@@ -169,7 +169,7 @@ class OpcUaReader:
             else:
                 await self._subscribe(client, ctx)
         except _LOST as e:
-            t = _now_us()
+            t = now_micros()
             why = f"connection lost: {type(e).__name__}: {e}"
             ctx.emit([Reading(p.tag, None, t, BAD_NO_COMMUNICATION, "", "", "", {"error": why}) for p in self.points])
             raise ConnectionError(why) from None
@@ -324,7 +324,3 @@ async def _find(client: Client, ref: str) -> tuple[Node, str]:
 
 def _chunks(items: Sequence[Any], n: int) -> list[Sequence[Any]]:
     return [items[i : i + n] for i in range(0, len(items), n)]
-
-
-def _now_us() -> int:
-    return time.time_ns() // 1000

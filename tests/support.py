@@ -138,6 +138,12 @@ class Service:
         except OSError:
             return ""
 
+    def __enter__(self) -> Service:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
     def kill9(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
@@ -423,3 +429,62 @@ class OpcUaSimulator(SimulatorProcess):
 def topic_records(infra: Infra, topic: str, schema: str, timeout: float = 5.0) -> list[dict[str, Any]]:
     """Every record of `topic` decoded with the Avro `schema` (a schemas/avro name)."""
     return [_CODEC.decode(m.value(), schema) for m in read_topic(infra.kafka_bootstrap, topic, timeout=timeout)]
+
+
+def tag_record(tenant: str, i: int, source: str = "line-plc", tag: str | None = None) -> dict[str, Any]:
+    """A TagRecord as the normalizer writes it; the value's type cycles through the four kinds."""
+    from otbus_core.ids import uuid7
+
+    name = tag or f"sensor_{i % 500}"
+    kind = i % 4
+    value: Any = [float(i) / 4, i, i % 3 == 0, f"state-{i % 7}"][kind]
+    now = int(time.time() * 1_000_000)
+    return {
+        "event_id": uuid7(),
+        "tenant": tenant,
+        "path": f"plant1/pressing/line4/press1/measurement/{name}",
+        "site": "plant1",
+        "area": "pressing",
+        "line": "line4",
+        "equipment": "press1",
+        "signal_type": "measurement",
+        "tag_name": name,
+        "value": value,
+        "data_type": ["DOUBLE", "INT64", "BOOLEAN", "STRING"][kind],
+        "unit": "bar" if kind == 0 else None,
+        "quality": "GOOD",
+        "quality_code": 0,
+        "source_time": now - 1000,
+        "ingest_time": now,
+        "source_id": source,
+        "protocol": "opcua",
+        "source_tag": f"ns=2;s={name}",
+        "raw_event_id": uuid7(),
+    }
+
+
+def produce_tag_records(bootstrap: str, records: list[dict[str, Any]]) -> None:
+    """Produce TagRecords to their tenants' tags topics (Avro, with the CloudEvents headers), acknowledged."""
+    from confluent_kafka import Producer
+
+    from otbus_core.schemas import TAG_RECORD
+    from otbus_core.topics import tags_topic
+
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": True})
+    failed: list[str] = []
+
+    def done(err: Any, _msg: Any) -> None:
+        if err is not None:
+            failed.append(str(err))
+
+    for rec in records:
+        topic = tags_topic(rec["tenant"])
+        headers = [("ce_id", rec["event_id"]), ("ce_tenant", rec["tenant"]), ("ce_subject", rec["path"])]
+        while True:
+            try:
+                p.produce(topic, _CODEC.encode(TAG_RECORD, rec, topic), rec["path"], headers=headers, on_delivery=done)
+                break
+            except BufferError:
+                p.poll(0.1)
+    assert p.flush(60) == 0, "records still unacknowledged after 60 s"
+    assert not failed, failed[:3]

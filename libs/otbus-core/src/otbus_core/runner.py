@@ -63,6 +63,9 @@ class RunnerConfig:
     transactional: bool = False
     batch_size: int = 5000
     batch_timeout: float = 0.05
+    linger: float = 0.0
+    """After the first record, keep collecting this long (seconds) unless the batch is full first.
+    0 takes only what is already there, which suits sinks whose cost per batch is small."""
     instance_id: str = field(default_factory=socket.gethostname)
     session_timeout_ms: int = 15_000
     backoff_initial: float = 0.2
@@ -176,6 +179,8 @@ class ConsumerRunner:
                 msgs = (
                     [first, *consumer.consume(self.config.batch_size - 1, 0)] if self.config.batch_size > 1 else [first]
                 )
+                if self.config.linger > 0:
+                    self._linger(consumer, msgs)
                 batch = self._usable(msgs)
                 if batch:
                     self._process(consumer, batch)
@@ -184,6 +189,15 @@ class ConsumerRunner:
             log.info("%s stopping: closing consumer", self.config.stage)
             consumer.close()
             self.producer.close()
+
+    def _linger(self, consumer: Consumer, msgs: list[Message]) -> None:
+        """Top `msgs` up until the batch is full or the linger time since the first record is over."""
+        deadline = time.monotonic() + self.config.linger
+        while len(msgs) < self.config.batch_size and not self._stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            msgs += consumer.consume(self.config.batch_size - len(msgs), min(left, 0.1))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         gone = {(tp.topic, tp.partition) for tp in partitions}

@@ -1,0 +1,184 @@
+"""The sink's batch handler: tag records -> Delta rows -> one acknowledged delivery per target table.
+
+`handle` returns only when Zerobus has acknowledged every row of the batch (the runner
+then commits the offsets), so a crash before that re-sends the batch: at least once,
+with the event id in each row for downstream dedup.
+
+* A record that cannot be read or mapped goes to the DLQ with the reason.
+* A stream that fails for a retriable reason (after the SDK's own recovery) raises
+  TransientError: the runner rewinds and the batch is sent again on a new stream.
+* A non-retriable rejection of records is narrowed down by halving: the halves are
+  sent again on new streams until the rejected records stand alone; exactly those go
+  to the DLQ with Zerobus's reason and the rest is written.
+* A table that Zerobus will not open (missing, no permission, schema mismatch) and a
+  table whose circuit is open make the batch wait (TransientError), so nothing is lost
+  while an operator fixes the table; /readyz says which table and why.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from confluent_kafka import Message
+from zerobus import NonRetriableException, ZerobusException
+
+from otbus_core.codec import AvroCodec
+from otbus_core.dlq import dead_letter_from_message
+from otbus_core.exceptions import DecodeError, InvalidTenant, TransientError
+from otbus_core.records import DeadLetter, Outcome
+from otbus_core.schemas import TAG_RECORD
+from otbus_core.topics import tenant_of_topic
+from otbus_zerobus_sink.rows import tag_row
+from otbus_zerobus_sink.targets import Router, Target, TargetRefused, Targets, record_failure, record_success
+
+__all__ = ["STAGE", "SinkHandler"]
+
+STAGE = "zerobus-sink"
+log = logging.getLogger(__name__)
+
+
+class SinkHandler:
+    def __init__(self, codec: AvroCodec, targets: Targets, router: Router, records_per_message: int) -> None:
+        self.codec = codec
+        self.targets = targets
+        self.router = router
+        self.per_message = records_per_message
+        self._tenants: dict[str, str] = {}
+
+    def handle(self, messages: list[Message]) -> Outcome:
+        groups: dict[str, tuple[list[Message], list[bytes]]] = {}
+        dead: list[DeadLetter] = []
+        decode, route = self.codec.decode, self.router
+        for m in messages:
+            try:
+                topic = m.topic() or ""
+                tenant = self._tenants.get(topic)
+                if tenant is None:
+                    tenant = self._tenants[topic] = tenant_of_topic(topic)
+                rec = decode(m.value(), TAG_RECORD)
+                if rec["tenant"] != tenant:
+                    raise InvalidTenant(f"record of tenant {rec['tenant']!r} on topic of tenant {tenant!r}")
+                row = tag_row(rec)
+                table = route(tenant, rec["source_id"])
+            except (DecodeError, InvalidTenant, KeyError, TypeError, ValueError) as e:
+                dead.append(
+                    dead_letter_from_message(
+                        m, stage=STAGE, reason=f"not a tag record: {type(e).__name__}: {e}", error_type=type(e).__name__
+                    )
+                )
+                continue
+            group = groups.get(table)
+            if group is None:
+                group = groups[table] = ([], [])
+            group[0].append(m)
+            group[1].append(row)
+        dead += self._deliver_all(groups)
+        return Outcome(dead=dead)
+
+    # -- delivery -------------------------------------------------------------------------
+
+    def _deliver_all(self, groups: dict[str, tuple[list[Message], list[bytes]]]) -> list[DeadLetter]:
+        targets = [self.targets.target(table) for table in groups]
+        for t in targets:
+            if t.breaker.open:
+                raise TransientError(f"circuit open for {t.table}: {t.last_error}")
+        # hand every table its rows first, then wait: the tables' acknowledgments overlap
+        sent: list[tuple[Target, int, float, BaseException | None]] = []
+        for t in targets:
+            t0 = time.perf_counter()
+            try:
+                offset = self._send(t, groups[t.table][1])
+                sent.append((t, offset, t0, None))
+            except (NonRetriableException, ZerobusException, TargetRefused) as e:
+                sent.append((t, -1, t0, e))
+        dead: list[DeadLetter] = []
+        transient: list[str] = []
+        for t, offset, t0, error in sent:
+            if error is None:
+                try:
+                    t.stream.wait_for_offset(offset)
+                    record_success(t, len(groups[t.table][1]), time.perf_counter() - t0)
+                    continue
+                except (NonRetriableException, ZerobusException) as e:
+                    error = e
+            msgs, rows = groups[t.table]
+            if isinstance(error, NonRetriableException):
+                self.targets.drop(t)
+                try:
+                    dead += self._narrow_down(t, msgs, rows, error)
+                    continue
+                except (TargetRefused, ZerobusException) as e:
+                    error = e
+            self.targets.drop(t)
+            record_failure(t, "refused" if isinstance(error, TargetRefused) else "transient", error)
+            transient.append(f"{t.table}: {type(error).__name__}: {error}")
+        if transient:
+            raise TransientError("; ".join(transient)[:2000])
+        return dead
+
+    def _send(self, t: Target, rows: list[bytes]) -> int:
+        """Queue `rows` on the table's stream; the last offset to wait for."""
+        stream = self.targets.stream(t)
+        per = self.per_message
+        offset: int | None = None
+        try:
+            for i in range(0, len(rows), per):
+                offset = stream.ingest_records_offset(rows[i : i + per])
+        except NonRetriableException:
+            raise
+        except ZerobusException:
+            # the stream broke while we were still queueing; its cause (perhaps a rejection of
+            # what was queued before) is what waiting on the queued part reports
+            if offset is not None:
+                stream.wait_for_offset(offset)
+            raise
+        assert offset is not None  # noqa: S101 - a group is never empty
+        return offset
+
+    def _deliver(self, t: Target, rows: list[bytes]) -> None:
+        """Send and wait on the table's stream (a new one when the last one failed)."""
+        t0 = time.perf_counter()
+        try:
+            offset = self._send(t, rows)
+            t.stream.wait_for_offset(offset)
+        except BaseException:
+            self.targets.drop(t)
+            raise
+        record_success(t, len(rows), time.perf_counter() - t0)
+
+    def _narrow_down(self, t: Target, msgs: list[Message], rows: list[bytes], error: BaseException) -> list[DeadLetter]:
+        """Halve a rejected delivery until each rejected record stands alone; those are dead-lettered."""
+        log.warning("%s rejected a batch of %d (%s); finding the records at fault", t.table, len(rows), error)
+        dead: list[DeadLetter] = []
+        # ranges still to try, the next one last; a range known to fail is split before it is pushed
+        todo: list[tuple[int, int]] = []
+
+        def split(lo: int, hi: int, why: BaseException) -> None:
+            if hi - lo == 1:
+                dead.append(_rejected(msgs[lo], t.table, why))
+                t.dead_lettered += 1
+                return
+            mid = (lo + hi) // 2
+            todo.append((mid, hi))
+            todo.append((lo, mid))
+
+        split(0, len(rows), error)
+        while todo:
+            lo, hi = todo.pop()
+            try:
+                self._deliver(t, rows[lo:hi])
+            except NonRetriableException as e:
+                split(lo, hi, e)
+        if dead:
+            log.warning("%d record(s) rejected by %s go to the DLQ: %s", len(dead), t.table, dead[0].reason)
+        return dead
+
+    def close(self) -> None:
+        self.targets.close()
+
+
+def _rejected(msg: Message, table: str, error: BaseException) -> DeadLetter:
+    return dead_letter_from_message(
+        msg, stage=STAGE, reason=f"rejected by Zerobus for {table}: {error}", error_type=type(error).__name__
+    )

@@ -1,0 +1,196 @@
+"""zerobus-sink against real Kafka, the real Zerobus SDK and the emulator writing real Delta tables.
+
+The emulator runs as its own process (OAuth required, so the SDK's token request is
+exercised too); its faults are switched over its HTTP control endpoint.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from confluent_kafka.admin import AdminClient
+from deltalake import DeltaTable
+
+from otbus_core.topics import TopicProvisioner, dlq_topic, tags_topic
+from tests.support import (
+    Infra,
+    Service,
+    free_port,
+    new_tenant,
+    produce_tag_records,
+    tag_record,
+    topic_records,
+    wait_until,
+)
+
+pytestmark = pytest.mark.integration
+
+CLIENT_ID, CLIENT_SECRET = "otbus-sink-sp", "s3cr3t-for-tests"
+
+
+class Emulator(Service):
+    grpc_port: int
+
+    def faults(self, **faults: Any) -> None:
+        r = httpx.put(f"{self.url}/control/faults", json=faults, timeout=5)
+        assert r.status_code == 200, r.text
+
+    def stats(self) -> dict[str, Any]:
+        return httpx.get(f"{self.url}/stats", timeout=5).json()  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def emulator(tmp_path: Path) -> Iterator[Emulator]:
+    port, grpc_port = free_port(), free_port()
+    env = {
+        "OTBUS_EMULATOR_PORT": str(port),
+        "OTBUS_EMULATOR_GRPC_PORT": str(grpc_port),
+        "OTBUS_EMULATOR_DATA_DIR": str(tmp_path / "delta"),
+        "OTBUS_EMULATOR_CLIENT_ID": CLIENT_ID,
+        "OTBUS_EMULATOR_CLIENT_SECRET": CLIENT_SECRET,
+    }
+    emu = Emulator("zerobus-emulator", "otbus_zerobus_sink.emulator", env, port)
+    emu.grpc_port = grpc_port
+    emu.start()
+    yield emu
+    emu.stop()
+
+
+def sink_service(infra: Infra, emulator: Emulator, tenants: list[str], **extra: str) -> Service:
+    run = uuid.uuid4().hex[:8]
+    env = {
+        **infra.env(),
+        "NO_PROXY": "127.0.0.1,localhost",
+        "OTBUS_METADATA_REFRESH_MS": "1000",
+        "OTBUS_TENANTS": "|".join(tenants),
+        "OTBUS_GROUP_ID": f"otbus-zerobus-sink-{run}",
+        "OTBUS_INSTANCE_ID": f"test-{run}",
+        "OTBUS_ZEROBUS_ENDPOINT": f"http://127.0.0.1:{emulator.grpc_port}",
+        "OTBUS_WORKSPACE_URL": emulator.url,
+        "OTBUS_CLIENT_ID": CLIENT_ID,
+        "OTBUS_CLIENT_SECRET": CLIENT_SECRET,
+        **extra,
+    }
+    return Service("zerobus-sink", "otbus_zerobus_sink", env, free_port())
+
+
+def ensure_topics(infra: Infra, *tenants: str) -> None:
+    prov = TopicProvisioner(AdminClient({"bootstrap.servers": infra.kafka_bootstrap}), partitions=3)
+    prov.ensure([tags_topic(t) for t in tenants] + [dlq_topic(t) for t in tenants])
+
+
+def delta_ids(emulator_dir: Path, table: str) -> list[str]:
+    path = emulator_dir / "delta" / Path(*table.split("."))
+    if not DeltaTable.is_deltatable(str(path)):
+        return []
+    return DeltaTable(str(path)).to_pyarrow_table(columns=["event_id"]).column("event_id").to_pylist()
+
+
+def all_ids(root: Path, tables: list[str]) -> dict[str, list[str]]:
+    return {t: delta_ids(root, t) for t in tables}
+
+
+def test_records_land_in_their_tables_through_the_real_sdk(infra: Infra, emulator: Emulator, tmp_path: Path) -> None:
+    a, b = new_tenant("za"), new_tenant("zb")
+    ensure_topics(infra, a, b)
+    tables = [f"main.{a}.tag_events", "plant.lines.press", "plant.b.events"]
+    routes = {f"main.{a}.tag_events": [], "plant.lines.press": [], "plant.b.events": []}
+    records = []
+    for i in range(100_000):
+        tenant = a if i % 2 else b
+        source = "press" if i % 5 == 0 else "line-plc"
+        rec = tag_record(tenant, i, source=source)
+        records.append(rec)
+        own = f"main.{a}.tag_events" if tenant == a else "plant.b.events"
+        table = "plant.lines.press" if source == "press" else own
+        routes[table].append(rec["event_id"])
+    sink = sink_service(
+        infra,
+        emulator,
+        [a, b],
+        OTBUS_SOURCE_TABLES='{"press": "plant.lines.press"}',
+        OTBUS_TENANT_TABLES=f'{{"{b}": "plant.b.events"}}',
+    )
+    with sink.start():
+        produce_tag_records(infra.kafka_bootstrap, records)
+        wait_until(lambda: sum(len(v) for v in all_ids(tmp_path, tables).values()) >= 100_000, 120, "100k rows")
+        diag = httpx.get(f"{sink.url}/diagnostics", timeout=5).json()
+    landed = all_ids(tmp_path, tables)
+    for table, want in routes.items():
+        got = landed[table]
+        assert len(got) == len(set(got)) == len(want), f"{table}: {len(got)} rows, {len(set(got))} distinct"
+        assert set(got) == set(want), f"{table}: rows are not the records routed there"
+    assert diag["events_sent"] == 100_000 and diag["failures"] == 0, diag
+    assert {t["table"] for t in diag["targets"]} == set(tables)
+    # one row read back whole: the mapping of every column
+    by_id = {
+        r["event_id"]: r
+        for t in tables
+        for r in DeltaTable(str(tmp_path / "delta" / Path(*t.split(".")))).to_pyarrow_table().to_pylist()
+    }
+    rec = next(r for r in records if r["event_id"] in by_id and r["value"] is True)
+    row = by_id[rec["event_id"]]
+    assert row["tag_path"] == rec["path"] and row["boolean_value"] is True and row["numeric_value"] == 1.0
+    assert row["source_system_id"] == rec["source_id"] and row["quality"] == "GOOD" and row["quality_code"] == 0
+    assert int(row["event_time"].timestamp() * 1_000_000) == rec["source_time"]
+    assert (row["site"], row["area"], row["line"], row["equipment"]) == ("plant1", "pressing", "line4", "press1")
+    strings = [r for r in records if r["event_id"] in by_id and isinstance(r["value"], str)]
+    assert by_id[strings[0]["event_id"]]["string_value"] == strings[0]["value"]
+    assert by_id[strings[0]["event_id"]]["numeric_value"] is None
+
+
+def test_non_retriable_rejection_dead_letters_exactly_those_records(
+    infra: Infra, emulator: Emulator, tmp_path: Path
+) -> None:
+    tenant = new_tenant("zr")
+    ensure_topics(infra, tenant)
+    emulator.faults(reject_pattern="POISONED")
+    records = [tag_record(tenant, i, tag="POISONED" if i in (17, 500, 1999) else None) for i in range(3000)]
+    poisoned = {r["event_id"] for r in records if r["tag_name"] == "POISONED"}
+    table = f"main.{tenant}.tag_events"
+    with sink_service(infra, emulator, [tenant]).start() as sink:
+        produce_tag_records(infra.kafka_bootstrap, records)
+        wait_until(lambda: len(delta_ids(tmp_path, table)) >= 2997, 120, "the good records in Delta")
+        dead = wait_until(
+            lambda: (d := topic_records(infra, dlq_topic(tenant), "dead_letter")) and len(d) >= 3 and d, 60, "3 DLQ"
+        )
+        # the partition moved on: later records land too
+        later = [tag_record(tenant, i) for i in range(3000, 3100)]
+        produce_tag_records(infra.kafka_bootstrap, later)
+        wait_until(lambda: len(delta_ids(tmp_path, table)) >= 3097, 60, "records after the rejection")
+        diag = httpx.get(f"{sink.url}/diagnostics", timeout=5).json()
+    ids = delta_ids(tmp_path, table)
+    assert not poisoned & set(ids)
+    assert set(ids) == {r["event_id"] for r in records + later} - poisoned
+    assert len(dead) == 3
+    assert all("rejected by Zerobus" in d["reason"] and "constraint" in d["reason"] for d in dead), dead[0]
+    assert diag["dead_lettered"] == 3
+
+
+def test_closed_streams_and_retriable_errors_lose_nothing(infra: Infra, emulator: Emulator, tmp_path: Path) -> None:
+    tenant = new_tenant("zc")
+    ensure_topics(infra, tenant)
+    emulator.faults(close_every_s=2.0, close_grace_s=0.5, unavailable_rate=0.01)
+    table = f"main.{tenant}.tag_events"
+    produced: list[str] = []
+    # small messages, so that 1% of them failing is several failures
+    with sink_service(infra, emulator, [tenant], OTBUS_RECORDS_PER_MESSAGE="50").start():
+        for round_ in range(10):  # about ten seconds of traffic, so several streams are closed under it
+            records = [tag_record(tenant, round_ * 3000 + i) for i in range(3000)]
+            produce_tag_records(infra.kafka_bootstrap, records)
+            produced += [r["event_id"] for r in records]
+            want = len(produced)
+            wait_until(lambda n=want: len(set(delta_ids(tmp_path, table))) >= n, 60, "caught up", 0.5)
+    ids = delta_ids(tmp_path, table)
+    stats = emulator.stats()
+    assert set(ids) == set(produced)
+    dupes = sum(c - 1 for c in Counter(ids).values())
+    print(f"rows {len(ids)}, distinct {len(set(ids))}, duplicates {dupes}, emulator {stats}")
+    assert stats["aborted_unavailable"] > 0, "no retriable failure was injected"
+    assert stats["streams_opened"] > 3, "streams were not closed and reopened"

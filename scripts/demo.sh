@@ -41,6 +41,9 @@ start_service() { # name module port [VAR=value ...]
 start_service event-store otbus_event_store 8081 OTBUS_API_TOKENS="{\"$DEMO_KEY\": \"$DEMO_TENANT\"}"
 start_service normalizer otbus_normalizer 8082 \
   OTBUS_DEFAULT_CONTEXT='{"site": "plant1", "area": "production", "line": "line1", "equipment": "default"}'
+# no Databricks settings: the sink embeds the Zerobus emulator and writes local Delta tables
+start_service zerobus-sink otbus_zerobus_sink 8083 OTBUS_DATA_DIR="$OTBUS_HOME/delta" \
+  OTBUS_DEFAULT_TABLE='main.{tenant}.tag_events'
 start_service ingest-http otbus_ingest_http 8088 OTBUS_API_KEYS="{\"$DEMO_KEY\": \"$DEMO_TENANT\"}"
 
 # the simulator's devices (Modbus TCP, MQTT JSON, Sparkplug B) and the adapters reading them
@@ -73,6 +76,7 @@ otbus is running (logs in $RUN/*.log):
   ingest-http   http://127.0.0.1:8088/docs      diagnostics: http://127.0.0.1:8088/system/zerobus/diagnostics
   event store   http://127.0.0.1:8081/docs
   normalizer    http://127.0.0.1:8082/metrics
+  zerobus-sink  http://127.0.0.1:8083/diagnostics  (local Delta tables under $OTBUS_HOME/delta)
   ingest-opcua  http://127.0.0.1:8091/api/v1/sources   (subscribes to the simulator's OPC-UA server on :4840)
   ingest-modbus http://127.0.0.1:8093/api/v1/sources   (polls the simulator's Modbus device on :5020)
   ingest-mqtt   http://127.0.0.1:8092/api/v1/sources   (the simulator's MQTT JSON and Sparkplug B publishers)
@@ -81,6 +85,9 @@ Query the stored, normalized events (tenant '$DEMO_TENANT'):
   curl -s -H 'Authorization: Bearer $DEMO_KEY' 'http://127.0.0.1:8081/api/v1/events?limit=5' | python3 -m json.tool
   curl -s -H 'Authorization: Bearer $DEMO_KEY' 'http://127.0.0.1:8081/api/v1/statistics'
   curl -s -H 'Authorization: Bearer $DEMO_KEY' 'http://127.0.0.1:8081/api/v1/events?subject_prefix=plant1/pressing&limit=5'
+
+Read the Delta table the Zerobus sink writes (main.$DEMO_TENANT.tag_events):
+  uv run --no-sync python -c "from deltalake import DeltaTable; t = DeltaTable('$OTBUS_HOME/delta/main/$DEMO_TENANT/tag_events').to_pyarrow_table(); print(t.num_rows, 'rows'); print(t.slice(t.num_rows - 3).to_pylist())"
 
 The simulator now posts Ignition Event Streams style batches (Ctrl-C to stop it; 'make stop' stops everything).
 MSG

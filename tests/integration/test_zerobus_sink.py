@@ -194,3 +194,53 @@ def test_closed_streams_and_retriable_errors_lose_nothing(infra: Infra, emulator
     print(f"rows {len(ids)}, distinct {len(set(ids))}, duplicates {dupes}, emulator {stats}")
     assert stats["aborted_unavailable"] > 0, "no retriable failure was injected"
     assert stats["streams_opened"] > 3, "streams were not closed and reopened"
+
+
+def test_kill_9_mid_stream_and_restart_loses_nothing(infra: Infra, emulator: Emulator, tmp_path: Path) -> None:
+    tenant = new_tenant("zk")
+    ensure_topics(infra, tenant)
+    table = f"main.{tenant}.tag_events"
+    records = [tag_record(tenant, i) for i in range(60_000)]
+    sink = sink_service(infra, emulator, [tenant], OTBUS_BATCH_MAX_RECORDS="2000", OTBUS_RECORDS_PER_MESSAGE="500")
+    emulator.faults(ack_delay_ms=50)  # slower acknowledgments: the kill lands with records in flight
+    sink.start()
+    try:
+        produce_tag_records(infra.kafka_bootstrap, records)
+        wait_until(lambda: len(delta_ids(tmp_path, table)) >= 10_000, 60, "the sink under way")
+        sink.kill9()
+        at_kill = len(delta_ids(tmp_path, table))
+        assert at_kill < len(records), "the sink finished before it was killed; the test proves nothing"
+        emulator.faults()
+        sink.start()
+        wait_until(lambda: len(set(delta_ids(tmp_path, table))) >= len(records), 120, "every record after restart")
+    finally:
+        sink.stop()
+    ids = delta_ids(tmp_path, table)
+    assert set(ids) == {r["event_id"] for r in records}
+    print(f"killed at {at_kill} rows; {len(ids)} rows for {len(records)} records ({len(ids) - len(records)} resent)")
+
+
+def test_a_table_zerobus_refuses_holds_the_batch_and_readiness_says_why(
+    infra: Infra, emulator: Emulator, tmp_path: Path
+) -> None:
+    tenant = new_tenant("zn")
+    ensure_topics(infra, tenant)
+    table = f"main.{tenant}.tag_events"
+    emulator.faults(table_status={table: "NOT_FOUND"})
+    records = [tag_record(tenant, i) for i in range(500)]
+    sink = sink_service(infra, emulator, [tenant], OTBUS_BREAKER_FAILURES="2", OTBUS_BREAKER_OPEN_S="2")
+    with sink.start(wait_ready=False):
+        produce_tag_records(infra.kafka_bootstrap, records)
+
+        def unready() -> dict[str, Any] | None:
+            r = httpx.get(f"{sink.url}/readyz", timeout=5)
+            return r.json() if r.status_code == 503 and not r.json()["checks"]["zerobus"]["ok"] else None
+
+        body = wait_until(unready, 60, "/readyz naming the refused table")
+        assert table in body["checks"]["zerobus"]["error"]
+        assert "not found" in body["checks"]["zerobus"]["error"].lower()
+        assert delta_ids(tmp_path, table) == []
+        emulator.faults()  # the operator creates the table
+        wait_until(lambda: len(delta_ids(tmp_path, table)) >= 500, 90, "the held records after the fix")
+        wait_until(lambda: httpx.get(f"{sink.url}/readyz", timeout=5).status_code == 200, 30, "ready again")
+    assert sorted(delta_ids(tmp_path, table)) == sorted(r["event_id"] for r in records)

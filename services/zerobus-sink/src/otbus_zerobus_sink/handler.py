@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass, field
 
 from confluent_kafka import Message
 from zerobus import NonRetriableException, ZerobusException
@@ -38,6 +39,19 @@ STAGE = "zerobus-sink"
 log = logging.getLogger(__name__)
 
 
+@dataclass(slots=True)
+class _Group:
+    """The records of one batch for one table."""
+
+    target: Target
+    msgs: list[Message] = field(default_factory=list)
+    rows: list[bytes] = field(default_factory=list)
+    queued: int = 0
+    offset: int = -1
+    t0: float | None = None
+    error: BaseException | None = None
+
+
 class SinkHandler:
     def __init__(self, codec: AvroCodec, targets: Targets, router: Router, records_per_message: int) -> None:
         self.codec = codec
@@ -47,9 +61,9 @@ class SinkHandler:
         self._tenants: dict[str, str] = {}
 
     def handle(self, messages: list[Message]) -> Outcome:
-        groups: dict[str, tuple[list[Message], list[bytes]]] = {}
+        groups: dict[str, _Group] = {}
         dead: list[DeadLetter] = []
-        decode, route = self.codec.decode, self.router
+        decode, route, per = self.codec.decode, self.router, self.per_message
         for m in messages:
             try:
                 topic = m.topic() or ""
@@ -68,45 +82,53 @@ class SinkHandler:
                     )
                 )
                 continue
-            group = groups.get(table)
-            if group is None:
-                group = groups[table] = ([], [])
-            group[0].append(m)
-            group[1].append(row)
-        dead += self._deliver_all(groups)
+            g = groups.get(table)
+            if g is None:
+                t = self.targets.target(table)
+                if t.breaker.open:
+                    raise TransientError(f"circuit open for {t.table}: {t.last_error}")
+                g = groups[table] = _Group(t)
+            g.msgs.append(m)
+            g.rows.append(row)
+            if len(g.rows) - g.queued >= per:
+                # queue full messages while decoding goes on: Zerobus works on them meanwhile
+                self._queue(g)
+        for g in groups.values():
+            self._queue(g)
+        dead += self._settle(list(groups.values()))
         return Outcome(dead=dead)
 
     # -- delivery -------------------------------------------------------------------------
 
-    def _deliver_all(self, groups: dict[str, tuple[list[Message], list[bytes]]]) -> list[DeadLetter]:
-        targets = [self.targets.target(table) for table in groups]
-        for t in targets:
-            if t.breaker.open:
-                raise TransientError(f"circuit open for {t.table}: {t.last_error}")
-        # hand every table its rows first, then wait: the tables' acknowledgments overlap
-        sent: list[tuple[Target, int, float, BaseException | None]] = []
-        for t in targets:
-            t0 = time.perf_counter()
-            try:
-                offset = self._send(t, groups[t.table][1])
-                sent.append((t, offset, t0, None))
-            except (NonRetriableException, ZerobusException, TargetRefused) as e:
-                sent.append((t, -1, t0, e))
+    def _queue(self, g: _Group) -> None:
+        """Hand the group's not yet queued rows to its stream; a failure is kept for `_settle`."""
+        if g.error is not None or g.queued == len(g.rows):
+            return
+        if g.t0 is None:
+            g.t0 = time.perf_counter()
+        try:
+            g.offset = self._send(g.target, g.rows[g.queued :], g.offset)
+            g.queued = len(g.rows)
+        except (NonRetriableException, ZerobusException, TargetRefused) as e:
+            g.error = e
+
+    def _settle(self, groups: list[_Group]) -> list[DeadLetter]:
+        """Wait for every table's acknowledgment; dead-letter rejected records; raise if any must be retried."""
         dead: list[DeadLetter] = []
         transient: list[str] = []
-        for t, offset, t0, error in sent:
+        for g in groups:
+            t, error = g.target, g.error
             if error is None:
                 try:
-                    t.stream.wait_for_offset(offset)
-                    record_success(t, len(groups[t.table][1]), time.perf_counter() - t0)
+                    t.stream.wait_for_offset(g.offset)
+                    record_success(t, len(g.rows), time.perf_counter() - (g.t0 or 0.0))
                     continue
                 except (NonRetriableException, ZerobusException) as e:
                     error = e
-            msgs, rows = groups[t.table]
             if isinstance(error, NonRetriableException):
                 self.targets.drop(t)
                 try:
-                    dead += self._narrow_down(t, msgs, rows, error)
+                    dead += self._narrow_down(t, g.msgs, g.rows, error)
                     continue
                 except (TargetRefused, ZerobusException) as e:
                     error = e
@@ -117,11 +139,14 @@ class SinkHandler:
             raise TransientError("; ".join(transient)[:2000])
         return dead
 
-    def _send(self, t: Target, rows: list[bytes]) -> int:
-        """Queue `rows` on the table's stream; the last offset to wait for."""
+    def _send(self, t: Target, rows: list[bytes], queued: int = -1) -> int:
+        """Queue `rows` on the table's stream; the last offset to wait for.
+
+        `queued` is the last offset already queued on this stream for the same batch, if any.
+        """
         stream = self.targets.stream(t)
         per = self.per_message
-        offset: int | None = None
+        offset: int | None = queued if queued >= 0 else None
         try:
             for i in range(0, len(rows), per):
                 offset = stream.ingest_records_offset(rows[i : i + per])
@@ -133,7 +158,7 @@ class SinkHandler:
             if offset is not None:
                 stream.wait_for_offset(offset)
             raise
-        assert offset is not None  # noqa: S101 - a group is never empty
+        assert offset is not None  # noqa: S101 - never called with no rows
         return offset
 
     def _deliver(self, t: Target, rows: list[bytes]) -> None:

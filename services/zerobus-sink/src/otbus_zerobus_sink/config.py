@@ -51,9 +51,10 @@ class ZerobusSinkSettings(OtbusSettings):
     # -- batching and delivery ----------------------------------------------------------
     group_id: str = "otbus-zerobus-sink"
     instance_id: str | None = None
-    batch_max_records: int = Field(20_000, ge=1, le=500_000)
-    """Records per batch (one acknowledgment wait and one offset commit), at most."""
-    batch_linger_ms: int = Field(20, ge=0, le=60_000)
+    batch_max_records: int = Field(50_000, ge=1, le=500_000)
+    """Records per batch (one acknowledgment wait and one offset commit), at most. Every batch
+    waits for its acknowledgment, so small batches cap the rate (bench/README.md)."""
+    batch_linger_ms: int = Field(100, ge=0, le=60_000)
     """After the first record of a batch, wait at most this long for more (size or time, whichever first)."""
     records_per_message: int = Field(2000, ge=1, le=100_000)
     """Records per gRPC ingest message."""

@@ -86,6 +86,21 @@ def start_emulator(data_dir: Path) -> tuple[Service, int]:
     return svc, grpc_port
 
 
+def create_table(emulator: Service, table: str) -> None:
+    """Through the emulator's catalog API, as an operator creates the target before the sink runs."""
+    import httpx
+
+    from otbus_zerobus_sink.rows import TagRow
+    from otbus_zerobus_sink.rowschema import columns
+
+    catalog, schema, name = table.split(".")
+    cols = [{"name": c.name, "type_name": c.delta_type} for c in columns(TagRow.DESCRIPTOR)]
+    body = {"catalog_name": catalog, "schema_name": schema, "name": name, "columns": cols}
+    r = httpx.post(f"{emulator.url}/api/2.1/unity-catalog/tables", json=body, timeout=10)
+    if r.status_code != 201:
+        raise RuntimeError(f"creating {table}: HTTP {r.status_code} {r.text}")
+
+
 def delta_rows(data_dir: Path, table: str) -> int:
     path = data_dir / Path(*table.split("."))
     return DeltaTable(str(path)).count() if DeltaTable.is_deltatable(str(path)) else 0
@@ -269,7 +284,10 @@ def run(inf: Infra) -> list[Entry]:
         t = time.perf_counter()
         rows = preload(inf, tenant, n)
         log(f"zerobus: preloaded {n} tag records ({time.perf_counter() - t:.1f}s)")
-        b = sdk_baseline(grpc_port, emulator.url, f"bench.base_{rid.replace('-', '_')}.rows", rows)
+        base_table = f"bench.base_{rid.replace('-', '_')}.rows"
+        create_table(emulator, base_table)
+        create_table(emulator, f"main.{tenant}.tag_events")
+        b = sdk_baseline(grpc_port, emulator.url, base_table, rows)
         del rows
         log(f"zerobus SDK direct: {b['records_per_s']:,.0f} records/s ({b['seconds']}s) cpu {b['cpu_cores']}")
         svc, group = sink_service(inf, tenant, grpc_port, emulator.url, rid)

@@ -6,6 +6,7 @@ exercised too); its faults are switched over its HTTP control endpoint.
 
 from __future__ import annotations
 
+import shutil
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -18,6 +19,8 @@ from confluent_kafka.admin import AdminClient
 from deltalake import DeltaTable
 
 from otbus_core.topics import TopicProvisioner, dlq_topic, tags_topic
+from otbus_zerobus_sink.rows import TagRow
+from otbus_zerobus_sink.rowschema import columns as row_columns
 from tests.support import (
     Infra,
     Service,
@@ -41,6 +44,20 @@ class Emulator(Service):
         r = httpx.put(f"{self.url}/control/faults", json=faults, timeout=5)
         assert r.status_code == 200, r.text
 
+    def create_tables(self, *tables: str, columns: list[tuple[str, str]] | None = None) -> None:
+        """Create the tables through the catalog API, as an operator does before the sink writes."""
+        cols = columns or [(c.name, c.delta_type) for c in row_columns(TagRow.DESCRIPTOR)]
+        for table in tables:
+            catalog, schema, name = table.split(".")
+            body = {
+                "catalog_name": catalog,
+                "schema_name": schema,
+                "name": name,
+                "columns": [{"name": n, "type_name": t} for n, t in cols],
+            }
+            r = httpx.post(f"{self.url}/api/2.1/unity-catalog/tables", json=body, timeout=10)
+            assert r.status_code == 201, r.text
+
     def stats(self) -> dict[str, Any]:
         return httpx.get(f"{self.url}/stats", timeout=5).json()  # type: ignore[no-any-return]
 
@@ -54,6 +71,7 @@ def emulator(tmp_path: Path) -> Iterator[Emulator]:
         "OTBUS_EMULATOR_DATA_DIR": str(tmp_path / "delta"),
         "OTBUS_EMULATOR_CLIENT_ID": CLIENT_ID,
         "OTBUS_EMULATOR_CLIENT_SECRET": CLIENT_SECRET,
+        "OTBUS_EMULATOR_CREATE_TABLES": "false",  # as in Databricks: tables exist before streams
     }
     emu = Emulator("zerobus-emulator", "otbus_zerobus_sink.emulator", env, port)
     emu.grpc_port = grpc_port
@@ -100,7 +118,8 @@ def test_records_land_in_their_tables_through_the_real_sdk(infra: Infra, emulato
     a, b = new_tenant("za"), new_tenant("zb")
     ensure_topics(infra, a, b)
     tables = [f"main.{a}.tag_events", "plant.lines.press", "plant.b.events"]
-    routes = {f"main.{a}.tag_events": [], "plant.lines.press": [], "plant.b.events": []}
+    routes: dict[str, list[str]] = {t: [] for t in tables}
+    emulator.create_tables(*tables)
     records = []
     for i in range(100_000):
         tenant = a if i % 2 else b
@@ -154,6 +173,7 @@ def test_non_retriable_rejection_dead_letters_exactly_those_records(
     records = [tag_record(tenant, i, tag="POISONED" if i in (17, 500, 1999) else None) for i in range(3000)]
     poisoned = {r["event_id"] for r in records if r["tag_name"] == "POISONED"}
     table = f"main.{tenant}.tag_events"
+    emulator.create_tables(table)
     with sink_service(infra, emulator, [tenant]).start() as sink:
         produce_tag_records(infra.kafka_bootstrap, records)
         wait_until(lambda: len(delta_ids(tmp_path, table)) >= 2997, 120, "the good records in Delta")
@@ -178,6 +198,7 @@ def test_closed_streams_and_retriable_errors_lose_nothing(infra: Infra, emulator
     ensure_topics(infra, tenant)
     emulator.faults(close_every_s=2.0, close_grace_s=0.5, unavailable_rate=0.01)
     table = f"main.{tenant}.tag_events"
+    emulator.create_tables(table)
     produced: list[str] = []
     # small messages, so that 1% of them failing is several failures
     with sink_service(infra, emulator, [tenant], OTBUS_RECORDS_PER_MESSAGE="50").start():
@@ -200,6 +221,7 @@ def test_kill_9_mid_stream_and_restart_loses_nothing(infra: Infra, emulator: Emu
     tenant = new_tenant("zk")
     ensure_topics(infra, tenant)
     table = f"main.{tenant}.tag_events"
+    emulator.create_tables(table)
     records = [tag_record(tenant, i) for i in range(60_000)]
     sink = sink_service(infra, emulator, [tenant], OTBUS_BATCH_MAX_RECORDS="2000", OTBUS_RECORDS_PER_MESSAGE="500")
     emulator.faults(ack_delay_ms=50)  # slower acknowledgments: the kill lands with records in flight
@@ -226,6 +248,7 @@ def test_a_table_zerobus_refuses_holds_the_batch_and_readiness_says_why(
     tenant = new_tenant("zn")
     ensure_topics(infra, tenant)
     table = f"main.{tenant}.tag_events"
+    emulator.create_tables(table)  # the catalog knows it, the ingest service answers NOT_FOUND
     emulator.faults(table_status={table: "NOT_FOUND"})
     records = [tag_record(tenant, i) for i in range(500)]
     sink = sink_service(infra, emulator, [tenant], OTBUS_BREAKER_FAILURES="2", OTBUS_BREAKER_OPEN_S="2")
@@ -244,3 +267,32 @@ def test_a_table_zerobus_refuses_holds_the_batch_and_readiness_says_why(
         wait_until(lambda: len(delta_ids(tmp_path, table)) >= 500, 90, "the held records after the fix")
         wait_until(lambda: httpx.get(f"{sink.url}/readyz", timeout=5).status_code == 200, 30, "ready again")
     assert sorted(delta_ids(tmp_path, table)) == sorted(r["event_id"] for r in records)
+
+
+def test_the_catalog_is_asked_before_the_first_stream(infra: Infra, emulator: Emulator, tmp_path: Path) -> None:
+    """A missing table and a column of the wrong type are named, with the DDL; fixed, the records flow."""
+    tenant = new_tenant("zu")
+    ensure_topics(infra, tenant)
+    missing = f"main.{tenant}.tag_events"
+    wrong = f"main.{tenant}.wrong_types"
+    records = [tag_record(tenant, i, source="plc-a" if i % 2 else "plc-b") for i in range(400)]
+    good = [(c.name, c.delta_type) for c in row_columns(TagRow.DESCRIPTOR)]
+    emulator.create_tables(wrong, columns=[(n, "STRING" if n == "event_time" else t) for n, t in good])
+    sink = sink_service(infra, emulator, [tenant], OTBUS_SOURCE_TABLES=f'{{"plc-b": "{wrong}"}}')
+    with sink.start(wait_ready=False):
+        produce_tag_records(infra.kafka_bootstrap, records)
+
+        def refused() -> str | None:
+            r = httpx.get(f"{sink.url}/readyz", timeout=5)
+            error = r.json()["checks"]["zerobus"].get("error", "")
+            return error if missing in error and wrong in error else None
+
+        error = wait_until(refused, 60, "/readyz naming both tables")
+        assert "does not exist; create it (DDL: GET /api/v1/ddl" in error
+        assert "column event_time is STRING, the row proto writes TIMESTAMP" in error
+        assert emulator.stats()["streams_opened"] == 0, "a stream was opened although the catalog said no"
+        emulator.create_tables(missing)
+        shutil.rmtree(tmp_path / "delta" / "main" / tenant / "wrong_types")
+        emulator.create_tables(wrong)
+        wait_until(lambda: len(delta_ids(tmp_path, missing)) + len(delta_ids(tmp_path, wrong)) >= 400, 90, "all rows")
+    assert len(delta_ids(tmp_path, wrong)) == 200 and len(delta_ids(tmp_path, missing)) == 200

@@ -51,7 +51,7 @@ def ops_router(
                 await _run_check(check, timeout)
                 results[name] = {"ok": True, "ms": round((time.perf_counter() - t0) * 1000, 1)}
             except Exception as e:
-                results[name] = {"ok": False, "error": f"{type(e).__name__}: {e}"[:500]}
+                results[name] = {"ok": False, "error": f"{type(e).__name__}: {e}"[:1000]}
 
         await asyncio.gather(*(one(n, c) for n, c in ready_checks.items()))
         ok = all(r["ok"] for r in results.values())

@@ -81,7 +81,7 @@ def create_app(settings: ZerobusSinkSettings) -> FastAPI:
 
     def zerobus_check() -> None:
         bad = [
-            f"{t['table']}: {t['stream_state']} ({t['last_error']})"
+            f"{t['table']}: {t['stream_state']} ({(t['last_error'] or '')[:200]})"
             for t in targets.snapshot()
             if t["stream_state"] in ("CIRCUIT_OPEN", "REFUSED")
         ]

@@ -21,6 +21,7 @@ from zerobus import (
     ZerobusSdk,
 )
 
+from otbus_zerobus_sink.catalog import CatalogCheck, TableMismatch
 from otbus_zerobus_sink.config import ZerobusSinkSettings
 from otbus_zerobus_sink.rows import TagRow
 
@@ -158,6 +159,11 @@ class Targets:
         )
         self._headers_factory = _headers_factory(settings)
         self._properties: dict[str, TableProperties] = {}
+        self.catalog: CatalogCheck | None = None
+        client_id, secret = settings.oauth_client_id(), settings.oauth_client_secret()
+        if self._headers_factory is None and settings.workspace_url and client_id and secret:
+            self.catalog = CatalogCheck(settings.workspace_url, client_id, secret)
+        self._checked: set[str] = set()
 
     def target(self, table: str) -> Target:
         t = self.targets.get(table)
@@ -174,6 +180,13 @@ class Targets:
         props = self._properties.get(t.table)
         if props is None:
             props = self._properties[t.table] = TableProperties(t.table, TagRow.DESCRIPTOR)
+        if self.catalog is not None and t.table not in self._checked:
+            try:
+                self.catalog.check(t.table)
+            except TableMismatch as e:
+                t.state = "REFUSED"
+                raise TargetRefused(f"unity catalog: {e}") from e
+            self._checked.add(t.table)
         t.state = "OPENING"
         try:
             if self._headers_factory is not None:

@@ -17,12 +17,13 @@ from typing import Annotated, Any
 import uvicorn
 from fastapi import FastAPI, Form, Header, HTTPException
 from fastapi.responses import JSONResponse
-from pydantic import Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from otbus_core.ops import ops_router
 from otbus_core.service import configure
 from otbus_core.settings import OtbusSettings
+from otbus_zerobus_sink.emulator.delta import create_table, table_path
 from otbus_zerobus_sink.emulator.server import Emulator, EmulatorCore, Faults
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,20 @@ class EmulatorSettings(OtbusSettings):
     client_id: str | None = None
     client_secret: SecretStr | None = None
     """When set, streams need a bearer token from /oidc/v1/token for these credentials."""
+
+
+class NewColumn(BaseModel):
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    type_name: str
+
+
+class NewTable(BaseModel):
+    """The part of Unity Catalog's create-table request the emulator uses."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_\-]+$")
+    catalog_name: str = Field(pattern=r"^[A-Za-z0-9_\-]+$")
+    schema_name: str = Field(pattern=r"^[A-Za-z0-9_\-]+$")
+    columns: list[NewColumn] = Field(min_length=1)
 
 
 def create_http(core: EmulatorCore) -> FastAPI:
@@ -85,6 +100,17 @@ def create_http(core: EmulatorCore) -> FastAPI:
                 for i, (n, t) in enumerate(cols)
             ],
         }
+
+    @app.post("/api/2.1/unity-catalog/tables", status_code=201)
+    def create(body: NewTable) -> dict[str, Any]:
+        full_name = f"{body.catalog_name}.{body.schema_name}.{body.name}"
+        if core.describe(full_name) is not None:
+            raise HTTPException(409, {"error_code": "TABLE_ALREADY_EXISTS", "message": f"{full_name} exists"})
+        try:
+            create_table(table_path(core.data_dir, full_name), [(c.name, c.type_name) for c in body.columns])
+        except ValueError as e:
+            raise HTTPException(400, {"error_code": "INVALID_PARAMETER_VALUE", "message": str(e)}) from None
+        return table(full_name)
 
     @app.get("/stats")
     def stats() -> dict[str, Any]:

@@ -20,7 +20,7 @@ from deltalake import DeltaTable, write_deltalake
 
 from otbus_zerobus_sink.rowschema import Column
 
-__all__ = ["TableWriter", "WriteResult", "existing_columns", "table_path"]
+__all__ = ["TableWriter", "WriteResult", "create_table", "existing_columns", "table_path"]
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +136,32 @@ class TableWriter:
             name = c.name
             cols.append(pa.array([getattr(r, name) if r.HasField(name) else None for r in rows], type=c.arrow_type))
         return pa.Table.from_arrays(cols, schema=self.schema)
+
+
+_ARROW = {
+    "STRING": pa.string(),
+    "DOUBLE": pa.float64(),
+    "FLOAT": pa.float32(),
+    "BIGINT": pa.int64(),
+    "LONG": pa.int64(),
+    "INT": pa.int32(),
+    "INTEGER": pa.int32(),
+    "BOOLEAN": pa.bool_(),
+    "BINARY": pa.binary(),
+    "TIMESTAMP": pa.timestamp("us", tz="UTC"),
+}
+
+
+def create_table(path: Path, cols: list[tuple[str, str]]) -> None:
+    """An empty Delta table with these (name, SQL type) columns; raises ValueError on an unknown type."""
+    fields = []
+    for name, sql_type in cols:
+        arrow = _ARROW.get(sql_type.upper())
+        if arrow is None:
+            raise ValueError(f"column {name}: type {sql_type} is not supported by the emulator")
+        fields.append(pa.field(name, arrow, nullable=True))
+    path.mkdir(parents=True, exist_ok=True)
+    DeltaTable.create(str(path), pa.schema(fields), mode="error")
 
 
 def existing_columns(path: Path) -> list[tuple[str, str]] | None:

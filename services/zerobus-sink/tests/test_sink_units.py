@@ -122,3 +122,28 @@ def test_bad_table_names_are_named(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OTBUS_SOURCE_TABLES", '{"plc1": "only.two"}')
     with pytest.raises(ConfigError, match=r"OTBUS_SOURCE_TABLES: .*\[plc1\]: 'only.two' is not a three-part"):
         load_settings(ZerobusSinkSettings)
+
+
+def test_credentials_from_secret_files(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    (tmp_path / "id").write_text("sp-from-file\n")
+    (tmp_path / "secret").write_text("hunter2-from-file\n")
+    monkeypatch.setenv("OTBUS_ZEROBUS_ENDPOINT", "1444828305810485.zerobus.us-west-2.cloud.databricks.com")
+    monkeypatch.setenv("OTBUS_WORKSPACE_URL", "https://dbc-1.cloud.databricks.com")
+    monkeypatch.setenv("OTBUS_CLIENT_ID_FILE", str(tmp_path / "id"))
+    monkeypatch.setenv("OTBUS_CLIENT_SECRET_FILE", str(tmp_path / "secret"))
+    s = load_settings(ZerobusSinkSettings)
+    assert (s.oauth_client_id(), s.oauth_client_secret()) == ("sp-from-file", "hunter2-from-file")
+    monkeypatch.setenv("OTBUS_CLIENT_SECRET_FILE", str(tmp_path / "missing"))
+    with pytest.raises(ConfigError, match="OTBUS_CLIENT_SECRET_FILE: cannot read"):
+        load_settings(ZerobusSinkSettings)
+
+
+def test_a_headers_provider_replaces_oauth(monkeypatch: pytest.MonkeyPatch) -> None:
+    from otbus_zerobus_sink.targets import StaticHeaders, _headers_factory
+
+    monkeypatch.setenv("OTBUS_ZEROBUS_ENDPOINT", "1444828305810485.zerobus.us-west-2.cloud.databricks.com")
+    monkeypatch.setenv("OTBUS_HEADERS_PROVIDER", "otbus_zerobus_sink.targets:StaticHeaders")
+    s = load_settings(ZerobusSinkSettings)  # no OAuth credentials needed
+    provider = _headers_factory(s)("main.plant.tags")
+    assert isinstance(provider, StaticHeaders)
+    assert ("x-databricks-zerobus-table-name", "main.plant.tags") in provider.get_headers()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import select
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -256,3 +258,89 @@ sources:
     finally:
         adapter.stop()
         sim.stop()
+
+
+class PtyLink:
+    """Two pseudo-terminals joined back to back, like a null-modem cable between two serial ports."""
+
+    def __init__(self) -> None:
+        import os
+        import pty
+        import tty
+
+        self._os = os
+        self.master_a, slave_a = pty.openpty()
+        self.master_b, slave_b = pty.openpty()
+        for fd in (slave_a, slave_b):
+            tty.setraw(fd)
+        self.path_a, self.path_b = os.ttyname(slave_a), os.ttyname(slave_b)
+        self._slaves = (slave_a, slave_b)  # held open so the links stay up between opens
+        self.moved = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._pump, daemon=True)
+        self._thread.start()
+
+    def _pump(self) -> None:
+        peer = {self.master_a: self.master_b, self.master_b: self.master_a}
+        while not self._stop.is_set():
+            ready, _, _ = select.select(list(peer), [], [], 0.1)
+            for fd in ready:
+                try:
+                    data = self._os.read(fd, 4096)
+                except OSError:
+                    continue
+                self._os.write(peer[fd], data)
+                self.moved += len(data)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        for fd in (self.master_a, self.master_b, *self._slaves):
+            self._os.close(fd)
+
+
+def test_serial_rtu_over_a_pseudo_terminal_pair(infra: Infra, tenant: str, tmp_path: Path) -> None:
+    link = PtyLink()
+    sim = ModbusSimulator(free_port(), "--serial", link.path_a, "--baudrate", "38400")
+    sim.marker = b"Modbus RTU on"
+    sim.start()
+    sources = tmp_path / "sources.yaml"
+    sources.write_text(
+        f"""
+sources:
+  - name: rtu_serial
+    protocol: modbus
+    endpoint: "modbus+rtu://{link.path_b}"
+    baudrate: 38400
+    unit_id: 1
+    timeout_s: 1
+    polling_interval_ms: 100
+    registers:
+      - {{address: 3004, data_type: uint32, name: cycles_total}}
+      - {{address: 3012, data_type: float64, name: line_pressure}}
+      - {{address: 3016, data_type: string, length: 5, name: recipe}}
+"""
+    )
+    adapter = Service(
+        "ingest-modbus",
+        "otbus_ingest_modbus",
+        {**infra.env(), "OTBUS_TENANT": tenant, "OTBUS_SOURCES_FILE": str(sources), "OTBUS_STATE_DIR": str(tmp_path)},
+        free_port(),
+    )
+    adapter.start()
+    try:
+
+        def values() -> dict[str, Any] | None:
+            got: dict[str, Any] = {}
+            for m in read_topic(infra.kafka_bootstrap, raw_topic(tenant, "modbus"), timeout=5):
+                batch = CODEC.decode(m.value(), RAW_READING_BATCH)
+                got.update(zip(batch["tags"], unpack_values(batch), strict=True))
+            return got if len(got) == 3 else None
+
+        got = wait_until(values, 30, "serial RTU readings")
+        assert got == {"cycles_total": 3_000_000_000, "line_pressure": -2.25e10, "recipe": "OTBUS-SIM"}
+        assert link.moved > 0, "nothing went over the pseudo-terminals"
+    finally:
+        adapter.stop()
+        sim.stop()
+        link.close()

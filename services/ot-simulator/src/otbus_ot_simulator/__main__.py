@@ -79,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--interval", type=float, default=0.5, help="seconds between value updates")
     m.add_argument("--units", default="1,2", help="unit ids served, comma-separated")
     m.add_argument("--framer", default="socket", choices=("socket", "rtu"), help="rtu: RTU frames over TCP")
+    m.add_argument("--serial", help="serve RTU on this serial device (or pseudo-terminal) instead of TCP")
+    m.add_argument("--baudrate", type=int, default=19200)
     j = sub.add_parser("mqtt-json", help="publish JSON readings per tag to MQTT")
     j.add_argument("--url", default="mqtt://127.0.0.1:11883")
     j.add_argument("--prefix", default="otbus-sim")
@@ -111,7 +113,11 @@ def main(argv: list[str] | None = None) -> int:
             from otbus_ot_simulator.modbus import serve_modbus
 
             units = [int(u) for u in args.units.split(",") if u.strip()]
-            asyncio.run(serve_modbus(args.host, args.port, args.tags, args.interval, units, args.framer))
+            asyncio.run(
+                serve_modbus(
+                    args.host, args.port, args.tags, args.interval, units, args.framer, args.serial, args.baudrate
+                )
+            )
         elif args.mode == "opcua":
             from pathlib import Path
 

@@ -39,7 +39,7 @@ from contextlib import suppress
 
 from pymodbus.constants import ExcCodes
 from pymodbus.framer import FramerType
-from pymodbus.server import ModbusTcpServer
+from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from otbus_ot_simulator.signals import plant
@@ -158,12 +158,26 @@ class ModbusPlant:
 
 
 async def serve_modbus(
-    host: str, port: int, tags: int, interval: float, units: list[int], framer: str = "socket"
+    host: str,
+    port: int,
+    tags: int,
+    interval: float,
+    units: list[int],
+    framer: str = "socket",
+    serial: str | None = None,
+    baudrate: int = 19200,
 ) -> None:
-    """Serve the plant on TCP; `framer` rtu speaks RTU frames over TCP (as a serial gateway does)."""
+    """Serve the plant on TCP; `framer` rtu speaks RTU frames over TCP (as a serial gateway does).
+
+    With `serial` (a device path: a serial port or a pseudo-terminal) serve RTU on it instead.
+    """
     sim = ModbusPlant(tags)
-    kind = FramerType.RTU if framer == "rtu" else FramerType.SOCKET
-    server = ModbusTcpServer(sim.devices(units), address=(host, port), framer=kind)
+    server: ModbusTcpServer | ModbusSerialServer
+    if serial is not None:
+        server = ModbusSerialServer(sim.devices(units), framer=FramerType.RTU, port=serial, baudrate=baudrate)
+    else:
+        kind = FramerType.RTU if framer == "rtu" else FramerType.SOCKET
+        server = ModbusTcpServer(sim.devices(units), address=(host, port), framer=kind)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -177,7 +191,10 @@ async def serve_modbus(
     serving = asyncio.create_task(server.serve_forever())
     ticking = asyncio.create_task(ticker())
     what = "Modbus TCP" + (" (RTU framing)" if framer == "rtu" else "")
-    print(f"simulator: {what} on {host}:{port}, units {units}, {tags} signals every {interval}s", flush=True)  # noqa: T201
+    where = f"{host}:{port}"
+    if serial is not None:
+        what, where = "Modbus RTU", f"{serial} ({baudrate} baud)"
+    print(f"simulator: {what} on {where}, units {units}, {tags} signals every {interval}s", flush=True)  # noqa: T201
     await stop.wait()
     ticking.cancel()
     await server.shutdown()  # type: ignore[no-untyped-call]

@@ -18,6 +18,8 @@ import pytest
 from confluent_kafka.admin import AdminClient
 from deltalake import DeltaTable
 
+from otbus_core.codec import AvroCodec
+from otbus_core.schemas import TAG_RECORD
 from otbus_core.topics import TopicProvisioner, dlq_topic, tags_topic
 from otbus_zerobus_sink.rows import TagRow
 from otbus_zerobus_sink.rowschema import columns as row_columns
@@ -34,6 +36,7 @@ from tests.support import (
 
 pytestmark = pytest.mark.integration
 
+_CODEC = AvroCodec()
 CLIENT_ID, CLIENT_SECRET = "otbus-sink-sp", "s3cr3t-for-tests"
 
 
@@ -139,7 +142,11 @@ def test_records_land_in_their_tables_through_the_real_sdk(infra: Infra, emulato
     with sink.start():
         produce_tag_records(infra.kafka_bootstrap, records)
         wait_until(lambda: sum(len(v) for v in all_ids(tmp_path, tables).values()) >= 100_000, 120, "100k rows")
-        diag = httpx.get(f"{sink.url}/diagnostics", timeout=5).json()
+        diag = wait_until(
+            lambda: (d := httpx.get(f"{sink.url}/diagnostics", timeout=5).json())["events_sent"] >= 100_000 and d,
+            30,
+            "the acknowledgments counted",
+        )
     landed = all_ids(tmp_path, tables)
     for table, want in routes.items():
         got = landed[table]
@@ -189,6 +196,8 @@ def test_non_retriable_rejection_dead_letters_exactly_those_records(
     assert not poisoned & set(ids)
     assert set(ids) == {r["event_id"] for r in records + later} - poisoned
     assert len(dead) == 3
+    dead_ids = {_CODEC.decode(d["original_value"], TAG_RECORD)["event_id"] for d in dead}
+    assert dead_ids == poisoned, "the dead letters are not the rejected records"
     assert all("rejected by Zerobus" in d["reason"] and "constraint" in d["reason"] for d in dead), dead[0]
     assert diag["dead_lettered"] == 3
 

@@ -68,8 +68,12 @@ def create_app(settings: ZerobusSinkSettings) -> FastAPI:
             yield
         finally:
             runner.stop()
-            consumer.join(timeout=60)
-            handler.close()
+            # the batch in hand may wait out an acknowledgment and the SDK's recovery
+            consumer.join(timeout=settings.ack_timeout_s + 60)
+            if consumer.is_alive():
+                log.warning("the consumer did not stop in time; leaving its streams to the process exit")
+            else:
+                handler.close()
             if emulator is not None:
                 emulator.stop()
 

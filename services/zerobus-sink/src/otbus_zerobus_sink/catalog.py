@@ -81,7 +81,12 @@ class CatalogCheck:
         if r.status_code != 200:
             log.warning("the catalog answered HTTP %d for %s; opening the stream anyway", r.status_code, table)
             return
-        mismatch = compare(table, r.json().get("columns") or [])
+        try:
+            found = r.json().get("columns") or []
+        except (ValueError, AttributeError) as e:
+            log.warning("the catalog's answer for %s is not a table (%s); opening the stream anyway", table, e)
+            return
+        mismatch = compare(table, found)
         if mismatch:
             raise TableMismatch(mismatch)
         log.info("table %s agrees with the row proto", table)

@@ -62,6 +62,17 @@ class SinkHandler:
 
     def handle(self, messages: list[Message]) -> Outcome:
         groups: dict[str, _Group] = {}
+        try:
+            return self._handle(messages, groups)
+        except BaseException:
+            # rows queued but not waited for must not be blamed on the next batch: every stream
+            # this batch touched is dropped, the next attempt starts on new ones
+            for g in groups.values():
+                if g.queued or g.error is not None:
+                    self.targets.drop(g.target)
+            raise
+
+    def _handle(self, messages: list[Message], groups: dict[str, _Group]) -> Outcome:
         dead: list[DeadLetter] = []
         decode, route, per = self.codec.decode, self.router, self.per_message
         for m in messages:
@@ -109,7 +120,7 @@ class SinkHandler:
         try:
             g.offset = self._send(g.target, g.rows[g.queued :], g.offset)
             g.queued = len(g.rows)
-        except (NonRetriableException, ZerobusException, TargetRefused) as e:
+        except Exception as e:  # anything else (a headers provider, the catalog) is retried later
             g.error = e
 
     def _settle(self, groups: list[_Group]) -> list[DeadLetter]:
@@ -123,14 +134,14 @@ class SinkHandler:
                     t.stream.wait_for_offset(g.offset)
                     record_success(t, len(g.rows), time.perf_counter() - (g.t0 or 0.0))
                     continue
-                except (NonRetriableException, ZerobusException) as e:
+                except Exception as e:
                     error = e
             if isinstance(error, NonRetriableException):
                 self.targets.drop(t)
                 try:
                     dead += self._narrow_down(t, g.msgs, g.rows, error)
                     continue
-                except (TargetRefused, ZerobusException) as e:
+                except Exception as e:  # the table, not a record: retried later
                     error = e
             self.targets.drop(t)
             record_failure(t, "refused" if isinstance(error, TargetRefused) else "transient", error)
@@ -188,7 +199,10 @@ class SinkHandler:
             todo.append((mid, hi))
             todo.append((lo, mid))
 
-        split(0, len(rows), error)
+        if len(rows) == 1:
+            todo.append((0, 1))  # a lone record is tried once more, alone, on a new stream
+        else:
+            split(0, len(rows), error)
         while todo:
             lo, hi = todo.pop()
             try:

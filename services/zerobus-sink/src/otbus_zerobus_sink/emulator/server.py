@@ -242,7 +242,14 @@ class _Stream:
         self.changed = asyncio.Event()
         self.closing = asyncio.Event()
         self.progress = asyncio.Event()  # an acknowledgment went out
-        self.out: asyncio.Queue[pb.EphemeralStreamResponse] = asyncio.Queue()
+        self.send_lock = asyncio.Lock()  # gRPC allows one pending write per call
+
+    async def send(self, response: pb.EphemeralStreamResponse) -> None:
+        async with self.send_lock:
+            await self.context.write(response)
+
+    def failed(self) -> bool:
+        return self.error is not None
 
     def on_written(self, result: WriteResult) -> None:  # writer thread
         self.loop.call_soon_threadsafe(self._written, result)
@@ -250,7 +257,7 @@ class _Stream:
     def _written(self, result: WriteResult) -> None:
         if result.error is not None:
             self.error = result.error
-        else:
+        elif self.error is None:  # nothing past a failed commit is ever acknowledged
             self.durable = max(self.durable, result.offset)
         self.changed.set()
 
@@ -401,9 +408,12 @@ class ZerobusServicer(pb_grpc.ZerobusServicer):
                 return
             if faults.ack_delay_ms:
                 await asyncio.sleep(faults.ack_delay_ms / 1000)
+            if stream.failed():  # while the acknowledgment was held back
+                stream.changed.set()  # reported at the top of the loop
+                continue
             if stream.durable > stream.sent:
                 up_to = stream.durable
-                await stream.context.write(
+                await stream.send(
                     pb.EphemeralStreamResponse(
                         ingest_record_response=pb.IngestRecordResponse(durability_ack_up_to_offset=up_to)
                     )
@@ -418,7 +428,7 @@ class ZerobusServicer(pb_grpc.ZerobusServicer):
         grace = self.core.faults.close_grace_s
         signal = pb.CloseStreamSignal()
         signal.duration.FromMilliseconds(int(grace * 1000))
-        await stream.context.write(pb.EphemeralStreamResponse(close_stream_signal=signal))
+        await stream.send(pb.EphemeralStreamResponse(close_stream_signal=signal))
         await asyncio.sleep(grace)
         stream.closing.set()
 

@@ -57,6 +57,9 @@ def create_app(settings: ZerobusSinkSettings) -> FastAPI:
         batch_timeout=0.1,
         linger=settings.batch_linger_ms / 1000,
         instance_id=settings.instance_id or socket.gethostname(),
+        # a batch may wait out acknowledgments, the SDK's recovery and the narrowing-down of a
+        # rejection; the group must not take the partitions away meanwhile
+        consumer_overrides={"max.poll.interval.ms": 900_000},
     )
     runner = ConsumerRunner(settings, config, handler, codec, sensor=PrometheusSensor(STAGE))
     started = time.time()

@@ -34,19 +34,17 @@ from psycopg import sql
 
 from bench.common import (
     QUICK,
-    CaughtUp,
     CpuMeter,
     Entry,
     Infra,
     Service,
-    admin,
     count_rows,
     create_tenant_topics,
     delete_topics,
+    drain_timed,
     failed_entry,
     foreign_topics,
     free_port,
-    group_assigned,
     log,
     metrics,
     new_tenant,
@@ -180,43 +178,24 @@ def drain_store(inf: Infra, svc: Service, group: str, tenant: str, n: int, timeo
     from Kafka (the group's offsets reach the topic's end) and then confirmed with one
     count(*), rather than loading PostgreSQL with count(*) polls while it works.
     """
-    adm = admin(inf.kafka)
-    topic = tags_topic(tenant)
-    caught_up = CaughtUp(inf.kafka, topic)
     with psycopg.connect(inf.admin_url, autocommit=True) as conn:
-        started = time.monotonic()
-        svc.start()
         try:
-            t0: float | None = None
-            t1: float | None = None
-            meter: CpuMeter | None = None
-            deadline = started + timeout
-            count = 0
-            while t1 is None:
-                now = time.monotonic()
-                if now > deadline:
-                    raise TimeoutError(f"event store: {count_rows(conn, tenant)} of {n} rows after {timeout:.0f}s")
-                svc.check_alive()
-                if t0 is None:
-                    if group_assigned(adm, group, topic, caught_up.partitions):
-                        t0 = time.monotonic()
-                        meter = CpuMeter(service=svc.pid)
-                elif caught_up(group):
-                    seen = time.monotonic()
-                    count = count_rows(conn, tenant)
-                    if count >= n:
-                        t1 = seen
-                        break
-                time.sleep(0.05)
-            cpu = meter.read() if meter else {}
+            d = drain_timed(
+                inf,
+                svc,
+                group,
+                tags_topic(tenant),
+                lambda: f"{count_rows(conn, tenant)} of {n} rows",
+                lambda: count_rows(conn, tenant) >= n,
+                timeout,
+            )
             m = metrics(svc.url)
             rss = peak_rss_mb(svc.pid)
             time.sleep(1.0)
             final = count_rows(conn, tenant)
         finally:
-            caught_up.close()
             svc.stop()
-    assert t0 is not None and t1 is not None
+    started, t0, t1, cpu = d.started, d.t0, d.t1, d.cpu
     batches = m.get('otbus_batch_seconds_count{stage="event-store"}')
     batch_sum = m.get('otbus_batch_seconds_sum{stage="event-store"}')
     return {

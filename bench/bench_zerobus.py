@@ -32,17 +32,15 @@ from deltalake import DeltaTable
 
 from bench.common import (
     QUICK,
-    CaughtUp,
     CpuMeter,
     Entry,
     Infra,
     Service,
-    admin,
     create_tenant_topics,
     delete_topics,
+    drain_timed,
     failed_entry,
     free_port,
-    group_assigned,
     log,
     metrics,
     new_tenant,
@@ -91,11 +89,9 @@ def create_table(emulator: Service, table: str) -> None:
     import httpx
 
     from otbus_zerobus_sink.rows import TagRow
-    from otbus_zerobus_sink.rowschema import columns
+    from otbus_zerobus_sink.rowschema import create_table_request
 
-    catalog, schema, name = table.split(".")
-    cols = [{"name": c.name, "type_name": c.delta_type} for c in columns(TagRow.DESCRIPTOR)]
-    body = {"catalog_name": catalog, "schema_name": schema, "name": name, "columns": cols}
+    body = create_table_request(table, TagRow.DESCRIPTOR)
     r = httpx.post(f"{emulator.url}/api/2.1/unity-catalog/tables", json=body, timeout=10)
     if r.status_code != 201:
         raise RuntimeError(f"creating {table}: HTTP {r.status_code} {r.text}")
@@ -171,43 +167,19 @@ def sink_service(inf: Infra, tenant: str, grpc_port: int, emulator_url: str, rid
 
 
 def drain(inf: Infra, svc: Service, group: str, tenant: str, n: int, data_dir: Path) -> dict[str, Any]:
-    adm = admin(inf.kafka)
-    topic = tags_topic(tenant)
     table = f"main.{tenant}.tag_events"
-    caught_up = CaughtUp(inf.kafka, topic)
-    started = time.monotonic()
-    svc.start()
-    try:
-        t0: float | None = None
-        meter: CpuMeter | None = None
-        while True:
-            if time.monotonic() - started > 300:
-                raise TimeoutError(f"zerobus sink: {delta_rows(data_dir, table)} of {n} rows after 300 s")
-            svc.check_alive()
-            if t0 is None:
-                if group_assigned(adm, group, topic, caught_up.partitions):
-                    t0 = time.monotonic()
-                    meter = CpuMeter(service=svc.pid)
-            elif caught_up(group):
-                t1 = time.monotonic()
-                break
-            time.sleep(0.05)
-        cpu = meter.read() if meter else {}
-        m = metrics(svc.url)
-        rss = peak_rss_mb(svc.pid)
-    finally:
-        caught_up.close()
-    rows = delta_rows(data_dir, table)
-    batches = m.get('otbus_batch_seconds_count{stage="zerobus-sink"}')
+    d = drain_timed(inf, svc, group, tags_topic(tenant), lambda: f"{delta_rows(data_dir, table)} of {n} rows")
+    m = metrics(svc.url)
+    seconds = d.t1 - d.t0
     return {
-        "rows_in_delta": rows,
-        "seconds": round(t1 - t0, 3),
-        "records_per_s": n / (t1 - t0),
-        "join_s": round(t0 - started, 2),
-        "batches": batches,
-        "peak_rss_mb": rss,
-        "cpu_cores": cpu,
-        "service_cpu_us_per_record": round(cpu.get("service", 0) * (t1 - t0) / n * 1e6, 2),
+        "rows_in_delta": delta_rows(data_dir, table),
+        "seconds": round(seconds, 3),
+        "records_per_s": n / seconds,
+        "join_s": round(d.t0 - d.started, 2),
+        "batches": m.get('otbus_batch_seconds_count{stage="zerobus-sink"}'),
+        "peak_rss_mb": peak_rss_mb(svc.pid),
+        "cpu_cores": d.cpu,
+        "service_cpu_us_per_record": round(d.cpu.get("service", 0) * seconds / n * 1e6, 2),
     }
 
 

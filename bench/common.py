@@ -383,6 +383,52 @@ class CaughtUp:
         self._c.close()
 
 
+@dataclass
+class Drained:
+    """When a service draining a preloaded topic started, got its partitions, and was done."""
+
+    started: float
+    t0: float
+    t1: float
+    cpu: dict[str, float]
+
+
+def drain_timed(
+    inf: Infra,
+    svc: Service,
+    group: str,
+    topic: str,
+    progress: Callable[[], str],
+    done: Callable[[], bool] = lambda: True,
+    timeout: float = 300.0,
+) -> Drained:
+    """Start `svc` and time it from its group's assignment of `topic` until its committed offsets
+    reach the topic's end and `done()` agrees; CPU is metered over that window. The service is
+    left running. `progress()` says how far it got, for the timeout's message."""
+    adm = admin(inf.kafka)
+    caught_up = CaughtUp(inf.kafka, topic)
+    started = time.monotonic()
+    svc.start()
+    try:
+        t0: float | None = None
+        meter: CpuMeter | None = None
+        while True:
+            if time.monotonic() - started > timeout:
+                raise TimeoutError(f"{svc.name}: {progress()} after {timeout:.0f}s")
+            svc.check_alive()
+            if t0 is None:
+                if group_assigned(adm, group, topic, caught_up.partitions):
+                    t0 = time.monotonic()
+                    meter = CpuMeter(service=svc.pid)
+            elif caught_up(group):
+                seen = time.monotonic()
+                if done():
+                    return Drained(started, t0, seen, meter.read() if meter else {})
+            time.sleep(0.05)
+    finally:
+        caught_up.close()
+
+
 class CommittedCounter:
     """Counts the committed records of a topic (read_committed), from its start, as they come."""
 

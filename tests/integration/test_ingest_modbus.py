@@ -83,6 +83,15 @@ def _tags(infra: Infra, tenant: str) -> list[dict[str, Any]]:
     return topic_records(infra, tags_topic(tenant), TAG_RECORD)
 
 
+def _raw_values(infra: Infra, tenant: str) -> dict[str, Any]:
+    """The latest value of each tag in the tenant's raw Modbus topic."""
+    got: dict[str, Any] = {}
+    for m in read_topic(infra.kafka_bootstrap, raw_topic(tenant, "modbus"), timeout=5):
+        batch = CODEC.decode(m.value(), RAW_READING_BATCH)
+        got.update(zip(batch["tags"], unpack_values(batch), strict=True))
+    return got
+
+
 def _latest(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {r["path"]: r for r in records}  # per-tag order is kept, so the last one is the latest
 
@@ -248,10 +257,7 @@ sources:
     try:
 
         def values() -> dict[str, Any] | None:
-            got: dict[str, Any] = {}
-            for m in read_topic(infra.kafka_bootstrap, raw_topic(tenant, "modbus"), timeout=5):
-                batch = CODEC.decode(m.value(), RAW_READING_BATCH)
-                got.update(zip(batch["tags"], unpack_values(batch), strict=True))
+            got = _raw_values(infra, tenant)
             return got if len(got) == 2 else None
 
         assert wait_until(values, 30, "RTU readings") == {"oil_temperature": 3.5, "recipe": "OTBUS-SIM"}
@@ -331,10 +337,7 @@ sources:
     try:
 
         def values() -> dict[str, Any] | None:
-            got: dict[str, Any] = {}
-            for m in read_topic(infra.kafka_bootstrap, raw_topic(tenant, "modbus"), timeout=5):
-                batch = CODEC.decode(m.value(), RAW_READING_BATCH)
-                got.update(zip(batch["tags"], unpack_values(batch), strict=True))
+            got = _raw_values(infra, tenant)
             return got if len(got) == 3 else None
 
         got = wait_until(values, 30, "serial RTU readings")

@@ -23,6 +23,7 @@ from otbus_core.schemas import TAG_RECORD
 from otbus_core.topics import TopicProvisioner, dlq_topic, tags_topic
 from otbus_zerobus_sink.rows import TagRow
 from otbus_zerobus_sink.rowschema import columns as row_columns
+from otbus_zerobus_sink.rowschema import create_table_request
 from tests.support import (
     Infra,
     Service,
@@ -49,15 +50,10 @@ class Emulator(Service):
 
     def create_tables(self, *tables: str, columns: list[tuple[str, str]] | None = None) -> None:
         """Create the tables through the catalog API, as an operator does before the sink writes."""
-        cols = columns or [(c.name, c.delta_type) for c in row_columns(TagRow.DESCRIPTOR)]
         for table in tables:
-            catalog, schema, name = table.split(".")
-            body = {
-                "catalog_name": catalog,
-                "schema_name": schema,
-                "name": name,
-                "columns": [{"name": n, "type_name": t} for n, t in cols],
-            }
+            body = create_table_request(table, TagRow.DESCRIPTOR)
+            if columns is not None:
+                body["columns"] = [{"name": n, "type_name": t} for n, t in columns]
             r = httpx.post(f"{self.url}/api/2.1/unity-catalog/tables", json=body, timeout=10)
             assert r.status_code == 201, r.text
 

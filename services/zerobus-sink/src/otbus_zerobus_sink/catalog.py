@@ -14,23 +14,11 @@ from typing import Any
 import httpx
 
 from otbus_zerobus_sink.rows import TagRow
-from otbus_zerobus_sink.rowschema import columns, ddl
+from otbus_zerobus_sink.rowschema import columns, ddl, sql_type
 
 __all__ = ["CatalogCheck", "TableMismatch"]
 
 log = logging.getLogger(__name__)
-
-# Unity Catalog type names for the Delta types of our columns
-_UC_TYPES = {
-    "STRING": {"STRING"},
-    "DOUBLE": {"DOUBLE"},
-    "FLOAT": {"FLOAT"},
-    "BIGINT": {"LONG", "BIGINT"},
-    "INT": {"INT", "INTEGER"},
-    "BOOLEAN": {"BOOLEAN"},
-    "BINARY": {"BINARY"},
-    "TIMESTAMP": {"TIMESTAMP"},
-}
 
 
 class TableMismatch(Exception):
@@ -94,11 +82,11 @@ class CatalogCheck:
 
 def compare(table: str, catalog_columns: list[dict[str, Any]]) -> str | None:
     """The first disagreement between the table's columns and the row proto, or None."""
-    have = {str(c.get("name", "")).lower(): str(c.get("type_name", "")).upper() for c in catalog_columns}
+    have = {str(c.get("name", "")).lower(): sql_type(str(c.get("type_name", ""))) for c in catalog_columns}
     for col in columns(TagRow.DESCRIPTOR):
         got = have.get(col.name.lower())
         if got is None:
             return f"table {table} has no column {col.name} ({col.delta_type}); add it or recreate the table"
-        if got not in _UC_TYPES.get(col.delta_type, {col.delta_type}):
+        if got != col.delta_type:
             return f"table {table} column {col.name} is {got}, the row proto writes {col.delta_type}"
     return None

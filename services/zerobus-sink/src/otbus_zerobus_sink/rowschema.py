@@ -14,7 +14,16 @@ from typing import Any
 import pyarrow as pa
 from google.protobuf import descriptor_pb2
 
-__all__ = ["Column", "RowSchemaError", "columns", "columns_from_proto", "ddl", "descriptor_bytes"]
+__all__ = [
+    "Column",
+    "RowSchemaError",
+    "arrow_type",
+    "columns",
+    "columns_from_proto",
+    "create_table_request",
+    "ddl",
+    "sql_type",
+]
 
 _F = descriptor_pb2.FieldDescriptorProto
 _TIMESTAMP_SUFFIX = "_time"
@@ -35,6 +44,24 @@ _SCALARS: dict[int, tuple[str, pa.DataType]] = {
     _F.TYPE_BYTES: ("BINARY", pa.binary()),
 }
 _TIMESTAMP = ("TIMESTAMP", pa.timestamp("us", tz="UTC"))
+# every SQL type name a row column can have, with its Arrow type
+_ARROW: dict[str, pa.DataType] = {**dict(_SCALARS.values()), _TIMESTAMP[0]: _TIMESTAMP[1]}
+# other spellings of the same types (Unity Catalog's type_name, deltalake's schema)
+_ALIASES = {"LONG": "BIGINT", "INTEGER": "INT"}
+
+
+def sql_type(name: str) -> str:
+    """A type name as Delta, Unity Catalog or deltalake spell it, in the DDL's spelling (LONG -> BIGINT)."""
+    upper = name.upper()
+    return _ALIASES.get(upper, upper)
+
+
+def arrow_type(name: str) -> pa.DataType:
+    """The Arrow type of a SQL type name; ValueError for a type rows never have."""
+    arrow = _ARROW.get(sql_type(name))
+    if arrow is None:
+        raise ValueError(f"type {name} is not a row column type")
+    return arrow
 
 
 class RowSchemaError(ValueError):
@@ -69,13 +96,6 @@ def columns_from_proto(message: descriptor_pb2.DescriptorProto) -> list[Column]:
     return out
 
 
-def descriptor_bytes(descriptor: Any) -> bytes:
-    """The serialized DescriptorProto of a message class, as Zerobus's create_stream carries it."""
-    proto = descriptor_pb2.DescriptorProto()
-    descriptor.CopyToProto(proto)
-    return proto.SerializeToString()
-
-
 def columns(descriptor: Any) -> list[Column]:
     proto = descriptor_pb2.DescriptorProto()
     descriptor.CopyToProto(proto)
@@ -88,3 +108,14 @@ def ddl(table: str, descriptor: Any) -> str:
     width = max(len(c.name) for c in cols)
     body = ",\n".join(f"  {c.name.ljust(width)} {c.delta_type}" for c in cols)
     return f"CREATE TABLE IF NOT EXISTS {table} (\n{body}\n) USING DELTA;\n"
+
+
+def create_table_request(table: str, descriptor: Any) -> dict[str, Any]:
+    """The body of Unity Catalog's create-table call for a table of `descriptor` rows."""
+    catalog, schema, name = table.split(".")
+    return {
+        "catalog_name": catalog,
+        "schema_name": schema,
+        "name": name,
+        "columns": [{"name": c.name, "type_name": c.delta_type} for c in columns(descriptor)],
+    }

@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -120,8 +120,6 @@ class Target:
     last_success: float | None = None
     last_error: str | None = None
     last_ack_ms: float | None = None
-    opened_at_wall: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def snapshot(self) -> dict[str, Any]:
         return {

@@ -11,14 +11,14 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 from deltalake import DeltaTable, write_deltalake
 
-from otbus_zerobus_sink.rowschema import Column
+from otbus_zerobus_sink.rowschema import Column, arrow_type, sql_type
 
 __all__ = ["TableWriter", "WriteResult", "create_table", "existing_columns", "table_path"]
 
@@ -52,8 +52,6 @@ class TableStats:
     commits: int = 0
     failed_commits: int = 0
     last_commit_ms: float = 0.0
-    streams: int = 0
-    extra: dict[str, int] = field(default_factory=dict)
 
 
 class TableWriter:
@@ -138,28 +136,14 @@ class TableWriter:
         return pa.Table.from_arrays(cols, schema=self.schema)
 
 
-_ARROW = {
-    "STRING": pa.string(),
-    "DOUBLE": pa.float64(),
-    "FLOAT": pa.float32(),
-    "BIGINT": pa.int64(),
-    "LONG": pa.int64(),
-    "INT": pa.int32(),
-    "INTEGER": pa.int32(),
-    "BOOLEAN": pa.bool_(),
-    "BINARY": pa.binary(),
-    "TIMESTAMP": pa.timestamp("us", tz="UTC"),
-}
-
-
 def create_table(path: Path, cols: list[tuple[str, str]]) -> None:
     """An empty Delta table with these (name, SQL type) columns; raises ValueError on an unknown type."""
     fields = []
-    for name, sql_type in cols:
-        arrow = _ARROW.get(sql_type.upper())
-        if arrow is None:
-            raise ValueError(f"column {name}: type {sql_type} is not supported by the emulator")
-        fields.append(pa.field(name, arrow, nullable=True))
+    for name, type_name in cols:
+        try:
+            fields.append(pa.field(name, arrow_type(type_name), nullable=True))
+        except ValueError as e:
+            raise ValueError(f"column {name}: {e}") from None
     path.mkdir(parents=True, exist_ok=True)
     DeltaTable.create(str(path), pa.schema(fields), mode="error")
 
@@ -173,15 +157,4 @@ def existing_columns(path: Path) -> list[tuple[str, str]] | None:
 
 def _delta_type(t: Any) -> str:
     """A deltalake schema type as the SQL name the DDL uses."""
-    s = str(getattr(t, "type", t)).lower()
-    return {
-        "string": "STRING",
-        "long": "BIGINT",
-        "integer": "INT",
-        "double": "DOUBLE",
-        "float": "FLOAT",
-        "boolean": "BOOLEAN",
-        "binary": "BINARY",
-        "timestamp": "TIMESTAMP",
-        "timestamp_ntz": "TIMESTAMP_NTZ",
-    }.get(s, s.upper())
+    return sql_type(str(getattr(t, "type", t)))

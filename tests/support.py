@@ -488,3 +488,141 @@ def produce_tag_records(bootstrap: str, records: list[dict[str, Any]]) -> None:
                 p.poll(0.1)
     assert p.flush(60) == 0, "records still unacknowledged after 60 s"
     assert not failed, failed[:3]
+
+
+# -- notify bridge ------------------------------------------------------------------------
+
+
+def migrate_store(database_url: str) -> None:
+    """Apply the event store's migrations (the bridge reads the tables they create)."""
+    from otbus_event_store.migrate import ensure_partitions, migrate
+
+    migrate(database_url)
+    ensure_partitions(database_url, 2)
+
+
+def bridge_service(infra: Infra, tokens: dict[str, str], **env: str) -> Service:
+    """A notify bridge (not started) with `tokens` (token -> tenant) and extra OTBUS_* settings."""
+    return Service(
+        "notify-bridge",
+        "otbus_notify_bridge",
+        {
+            **infra.env(),
+            "OTBUS_API_TOKENS": json.dumps(tokens),
+            "OTBUS_POLL_INTERVAL_S": "2",
+            **{f"OTBUS_{k.upper()}": v for k, v in env.items()},
+        },
+        free_port(),
+    )
+
+
+def insert_events(
+    database_url: str,
+    tenant: str,
+    n: int,
+    *,
+    subject: str = "plant1/area/line/press1/measurement/temp",
+    payload: Callable[[int], dict[str, Any]] | None = None,
+    per_tx: int = 1,
+    pause: float = 0.0,
+    type_: str = "otbus.ot.tag.v1",
+) -> list[str]:
+    """Store `n` events of `tenant` the way the event store does (INSERT into otbus_events, so the
+    feed triggers fire), `per_tx` per transaction, pausing `pause` s between transactions.
+    Returns their event ids in insertion order."""
+    import psycopg
+    from psycopg.types.json import Jsonb
+
+    ids: list[str] = []
+    make = payload or (lambda i: {"value": i, "unit": "degC", "quality": "GOOD"})
+    sql = (
+        "INSERT INTO otbus_events"
+        ' (event_id, time, tenant, type, source, subject, payload, topic, "partition", "offset")'
+        " VALUES (%s, now(), %s, %s, 'test', %s, %s, %s, 0, %s)"
+    )
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        for start in range(0, n, per_tx):
+            rows = []
+            for i in range(start, min(n, start + per_tx)):
+                eid = str(uuid.uuid4())
+                ids.append(eid)
+                rows.append((eid, tenant, type_, subject, Jsonb(make(i)), f"{tenant}.ot.tags.v1", i))
+            with conn.transaction(), conn.cursor() as cur:
+                cur.executemany(sql, rows)
+            if pause:
+                time.sleep(pause)
+    return ids
+
+
+class BridgeClient:
+    """A WebSocket client of the notify bridge that collects what it receives in a thread."""
+
+    def __init__(self, url: str, token: str | None, *, max_queue: int | None = 64, read: bool = True) -> None:
+        import threading
+
+        from websockets.sync.client import connect
+
+        q = f"?token={token}" if token is not None else ""
+        self.ws = connect(
+            url.replace("http://", "ws://") + "/ws" + q, max_size=None, max_queue=max_queue, open_timeout=10
+        ).__enter__()  # closed by close()
+        self.frames: list[dict[str, Any]] = []
+        self.events: list[dict[str, Any]] = []
+        self.close_code: int | None = None
+        self.close_reason: str | None = None
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._read, daemon=True) if read else None
+        if self._thread is not None:
+            self._thread.start()
+
+    def _read(self) -> None:
+        from websockets.exceptions import ConnectionClosed
+
+        try:
+            for message in self.ws:
+                frame = json.loads(message)
+                with self._lock:
+                    self.frames.append(frame)
+                    if frame.get("op") == "events":
+                        self.events.extend(frame["events"])
+        except ConnectionClosed:
+            pass
+        finally:
+            self.close_reason = self.ws.close_reason or ""
+            self.close_code = self.ws.close_code or 1006
+
+    def send(self, msg: dict[str, Any] | str | bytes) -> None:
+        self.ws.send(json.dumps(msg) if isinstance(msg, dict) else msg)
+
+    def subscribe(self, timeout: float = 10.0, **fields: Any) -> dict[str, Any]:
+        self.send({"op": "subscribe", **fields})
+        return self.wait_frame(lambda f: f.get("op") in ("subscribed", "error"), timeout)
+
+    def wait_frame(self, pred: Callable[[dict[str, Any]], bool], timeout: float = 10.0) -> dict[str, Any]:
+        def found() -> dict[str, Any] | None:
+            with self._lock:
+                return next((f for f in self.frames if pred(f)), None)
+
+        frame: dict[str, Any] = wait_until(found, timeout, "a frame", interval=0.02)
+        return frame
+
+    def wait_events(self, n: int, timeout: float = 30.0) -> list[dict[str, Any]]:
+        wait_until(lambda: len(self.events) >= n or self.close_code is not None, timeout, f"{n} events", 0.02)
+        time.sleep(0.3)  # anything beyond n (a duplicate) would arrive now
+        with self._lock:
+            return list(self.events)
+
+    def wait_closed(self, timeout: float = 10.0) -> tuple[int, str]:
+        wait_until(lambda: self.close_code is not None, timeout, "the close", 0.02)
+        return self.close_code or 0, self.close_reason or ""
+
+    def close(self) -> None:
+        self.ws.close()
+        if self._thread is not None:
+            self._thread.join(5)
+
+    def __enter__(self) -> BridgeClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -35,19 +35,26 @@ def configure(prog: str, settings_cls: type[S], build: Callable[[S], T]) -> tupl
         raise SystemExit(2) from None
 
 
-def main_http(prog: str, settings_cls: type[S], create_app: Callable[[S], Any]) -> int:
-    """Configure, build the app and serve it."""
+def main_http(
+    prog: str,
+    settings_cls: type[S],
+    create_app: Callable[[S], Any],
+    uvicorn_options: Callable[[S], dict[str, Any]] | None = None,
+) -> int:
+    """Configure, build the app and serve it (`uvicorn_options` adds server options from the settings)."""
     settings, app = configure(prog, settings_cls, create_app)
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        loop="uvloop",
-        http="httptools",
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=30,
-    )
+    options: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "loop": "uvloop",
+        "http": "httptools",
+        "log_config": None,
+        "access_log": False,
+        "timeout_graceful_shutdown": 30,
+    }
+    if uvicorn_options is not None:
+        options.update(uvicorn_options(settings))
+    uvicorn.run(app, **options)
     return 0
 
 

@@ -48,7 +48,7 @@ def ensure_partitions(conninfo: str, ahead_days: int) -> None:
 
 
 def purge_expired(conninfo: str, retention_days: int) -> int:
-    """Drop daily partitions past retention and delete expired rows from the default partition."""
+    """Drop daily partitions past retention; delete expired rows of the default partition and relayed rows."""
     cutoff = datetime.now(UTC) - timedelta(days=retention_days)
     dropped = 0
     with psycopg.connect(conninfo, autocommit=True) as conn:
@@ -64,4 +64,5 @@ def purge_expired(conninfo: str, retention_days: int) -> int:
                 dropped += 1
                 log.info("dropped expired partition %s", name)
         conn.execute("DELETE FROM otbus_events_default WHERE time < %s", (cutoff,))
+        conn.execute("DELETE FROM otbus_relay_events WHERE time < %s", (cutoff,))
     return dropped

@@ -1,0 +1,1 @@
+"""otbus notify bridge."""

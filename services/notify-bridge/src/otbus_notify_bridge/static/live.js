@@ -1,0 +1,218 @@
+// otbus live page: plain browser JavaScript, no build step.
+// Connects to the bridge's /ws with the token from ?token= (or the form), subscribes to every
+// channel, keeps the latest value of each tag in an ISA-95 tree, and resumes with since=<last
+// event id> after any disconnect, so nothing is missed while the bridge restarts.
+"use strict";
+(function () {
+  const params = new URLSearchParams(location.search);
+  const stateEl = document.getElementById("state");
+  const statsEl = document.getElementById("stats");
+  const treeEl = document.getElementById("tree");
+  const feedBody = document.querySelector("#feed tbody");
+  const recsBody = document.querySelector("#recs tbody");
+  const form = document.getElementById("auth");
+  const FEED_ROWS = 200;
+
+  // What tests and tools read: window.otbusLive.
+  const live = {
+    state: "connecting",
+    received: 0,
+    connects: 0,
+    lastId: null,
+    values: {},          // subject -> latest value
+    seen: new Map(),     // event id -> Date.now() when shown (the last 20000)
+    latencies: [],       // ms from event time to shown, last 10000
+    closes: [],          // [code, reason] of each close
+  };
+  window.otbusLive = live;
+
+  let token = params.get("token") || sessionStorage.getItem("otbus.token") || "";
+  let ws = null;
+  let retry = 250;
+  const tree = new Map();  // path -> {li, valueEl}
+
+  function setState(s, detail) {
+    live.state = s;
+    stateEl.textContent = detail ? `${s}: ${detail}` : s;
+    stateEl.className = `state ${s}`;
+    stateEl.dataset.state = s;
+  }
+
+  function wsUrl() {
+    const u = new URL("ws", location.href);
+    u.protocol = location.protocol === "https:" ? "wss:" : "ws:";
+    u.search = new URLSearchParams({ token }).toString();
+    return u.toString();
+  }
+
+  function connect() {
+    if (!token) {
+      form.hidden = false;
+      setState("closed", "enter a token");
+      return;
+    }
+    setState(live.lastId ? "resuming" : "connecting");
+    ws = new WebSocket(wsUrl());
+    ws.onopen = () => {
+      live.connects += 1;
+      const sub = { op: "subscribe" };
+      if (live.lastId) sub.since = live.lastId;
+      ws.send(JSON.stringify(sub));
+    };
+    ws.onmessage = (m) => onFrame(JSON.parse(m.data));
+    ws.onclose = (e) => {
+      live.closes.push([e.code, e.reason]);
+      if (e.code === 4401) {
+        setState("closed", e.reason || "bad token");
+        form.hidden = false;
+        return;
+      }
+      setState("connecting", `closed ${e.code}${e.reason ? " " + e.reason : ""}; retrying`);
+      setTimeout(connect, retry);
+      retry = Math.min(retry * 2, 5000);
+    };
+  }
+
+  function onFrame(f) {
+    if (f.op === "subscribed") {
+      retry = 250;
+      setState("live");
+    } else if (f.op === "events") {
+      const now = Date.now();
+      for (const e of f.events) show(e, now);
+      statsEl.textContent = `${live.received} events` + latencySummary();
+    } else if (f.op === "error") {
+      if (f.code === "unknown_since") {  // the cursor is past retention: start afresh
+        live.lastId = null;
+        ws.send(JSON.stringify({ op: "subscribe" }));
+      } else {
+        console.warn("otbus bridge error", f);
+      }
+    }
+  }
+
+  function show(e, now) {
+    live.received += 1;
+    live.lastId = e.id;
+    live.seen.set(e.id, now);
+    if (live.seen.size > 20000) live.seen.delete(live.seen.keys().next().value);
+    const lat = now - Date.parse(e.time);
+    live.latencies.push(lat);
+    if (live.latencies.length > 10000) live.latencies.shift();
+    if (e.channel === "otbus_events") {
+      const d = e.data || {};
+      const value = "value" in d ? d.value : d;
+      if (e.subject) setValue(e.subject, value, d.unit);
+      addRow(feedBody, [fmtTime(e.time), e.type, e.subject || "", fmtValue(value), `${lat} ms`]);
+    } else {
+      const r = e.data || {};
+      addRecommendation(e, r, lat);
+    }
+  }
+
+  function setValue(path, value, unit) {
+    live.values[path] = value;
+    let leaf = tree.get(path);
+    if (!leaf) leaf = makeLeaf(path);
+    leaf.valueEl.textContent = fmtValue(value) + (unit ? ` ${unit}` : "");
+    leaf.li.classList.add("fresh");
+    setTimeout(() => leaf.li.classList.remove("fresh"), 600);
+  }
+
+  function makeLeaf(path) {
+    const parts = path.split("/");
+    let parent = treeEl.querySelector(":scope > ul") || treeEl.appendChild(document.createElement("ul"));
+    let prefix = "";
+    for (let i = 0; i < parts.length - 1; i++) {
+      prefix += (i ? "/" : "") + parts[i];
+      let node = tree.get(prefix + "/");
+      if (!node) {
+        const li = document.createElement("li");
+        const label = document.createElement("span");
+        label.className = "node";
+        label.textContent = parts[i];
+        const ul = document.createElement("ul");
+        li.append(label, ul);
+        insertSorted(parent, li, parts[i]);
+        node = { li, ul };
+        tree.set(prefix + "/", node);
+      }
+      parent = node.ul;
+    }
+    const li = document.createElement("li");
+    li.className = "leaf";
+    li.dataset.path = path;
+    const name = document.createElement("span");
+    name.textContent = parts[parts.length - 1];
+    const valueEl = document.createElement("span");
+    valueEl.className = "value";
+    li.append(name, valueEl);
+    insertSorted(parent, li, parts[parts.length - 1]);
+    const leaf = { li, valueEl };
+    tree.set(path, leaf);
+    return leaf;
+  }
+
+  function insertSorted(ul, li, key) {
+    li.dataset.key = key;
+    for (const other of ul.children) {
+      if (other.dataset.key > key) return ul.insertBefore(li, other);
+    }
+    ul.appendChild(li);
+  }
+
+  function addRecommendation(e, r, lat) {
+    const id = r.recommendation_id || e.id;
+    let tr = recsBody.querySelector(`tr[data-id="${CSS.escape(id)}"]`);
+    const cells = [fmtTime(e.time), r.equipment_id || e.subject || "", r.severity || "", r.recommended_action || e.type,
+      r.status || "", `${lat} ms`];
+    if (!tr) {
+      tr = addRow(recsBody, cells);
+      tr.dataset.id = id;
+    } else {
+      cells.forEach((c, i) => { tr.children[i].textContent = c; });
+    }
+    tr.children[2].className = `sev-${r.severity || ""}`;
+  }
+
+  function addRow(body, cells) {
+    const tr = document.createElement("tr");
+    cells.forEach((c, i) => {
+      const td = document.createElement("td");
+      td.textContent = c;
+      if (i === 2 && body === feedBody) td.className = "subject";
+      tr.appendChild(td);
+    });
+    body.insertBefore(tr, body.firstChild);
+    while (body.children.length > FEED_ROWS) body.removeChild(body.lastChild);
+    return tr;
+  }
+
+  function fmtTime(t) {
+    const d = new Date(t);
+    return d.toLocaleTimeString([], { hour12: false }) + "." + String(d.getMilliseconds()).padStart(3, "0");
+  }
+
+  function fmtValue(v) {
+    if (typeof v === "number") return Number.isInteger(v) ? String(v) : v.toFixed(3);
+    if (typeof v === "object" && v !== null) return JSON.stringify(v).slice(0, 80);
+    return String(v);
+  }
+
+  function latencySummary() {
+    const l = live.latencies;
+    if (!l.length) return "";
+    const s = l.slice(-1000).sort((a, b) => a - b);
+    return ` · latency p50 ${s[Math.floor(s.length * 0.5)]} ms, p99 ${s[Math.floor(s.length * 0.99)]} ms`;
+  }
+
+  form.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    token = document.getElementById("token").value.trim();
+    sessionStorage.setItem("otbus.token", token);
+    form.hidden = true;
+    connect();
+  });
+
+  connect();
+})();

@@ -21,6 +21,12 @@ if ! command -v docker-compose >/dev/null 2>&1; then
 fi
 docker-compose -f docker-compose.yml config --quiet
 
+if ! command -v chromium >/dev/null 2>&1; then  # the live page is tested in a real browser
+  echo "test: installing chromium" >&2
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium) \
+    >/dev/null 2>&1 || { echo "test: could not install chromium (Debian package) for the live page test" >&2; exit 1; }
+fi
+
 started=()
 for c in kafka postgres mosquitto; do
   bash deploy/local/infra.sh status "$c" >/dev/null 2>&1 || started+=("$c")

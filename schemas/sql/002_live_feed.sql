@@ -55,3 +55,17 @@ DROP TRIGGER IF EXISTS otbus_events_feed_notify ON otbus_events;
 CREATE TRIGGER otbus_events_feed_notify AFTER INSERT ON otbus_events
     REFERENCING NEW TABLE AS otbus_new
     FOR EACH STATEMENT EXECUTE FUNCTION otbus_events_feed_notify();
+
+-- The role that reads the feed across tenants (the notify bridge; it enforces the tenant of each
+-- client itself). A least-privilege bridge login only needs: GRANT otbus_feed TO <its user>.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'otbus_feed') THEN
+        CREATE ROLE otbus_feed NOLOGIN;
+    END IF;
+END
+$$;
+GRANT USAGE ON SCHEMA public TO otbus_feed;
+GRANT SELECT ON otbus_events TO otbus_feed;
+DROP POLICY IF EXISTS otbus_feed_reads_all ON otbus_events;
+CREATE POLICY otbus_feed_reads_all ON otbus_events FOR SELECT TO otbus_feed USING (true);

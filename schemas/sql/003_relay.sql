@@ -29,6 +29,7 @@ CREATE TABLE IF NOT EXISTS otbus_relay_events (
 CREATE INDEX IF NOT EXISTS otbus_relay_events_tenant_seq ON otbus_relay_events (tenant, seq);
 CREATE UNIQUE INDEX IF NOT EXISTS otbus_relay_events_tenant_id ON otbus_relay_events (tenant, event_id);
 CREATE INDEX IF NOT EXISTS otbus_relay_events_time ON otbus_relay_events (time);
+GRANT SELECT ON otbus_relay_events TO otbus_feed;
 
 -- Trigger function; arguments: channel, tenant column, subject column ('' for none),
 -- event type ('' for '<table>.<insert|update|delete>').

@@ -29,6 +29,7 @@ from tests.support import (
 pytestmark = pytest.mark.timeout(180)
 
 JWT_SECRET = "test-secret-" + "x" * 40
+KILL_ROLE = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s"
 
 
 class Bridge:
@@ -302,3 +303,39 @@ def test_slow_client_is_closed_and_others_are_not(bridge: Bridge, infra: Infra) 
     with bridge.client(bridge.a) as again:  # as the reason says
         again.subscribe(since=got[-1])
         assert _ids(again.wait_events(len(ids) - len(got), timeout=60)) == ids[len(got) :]
+
+
+def test_reconnects_with_refreshed_credentials(infra: Infra, tmp_path: Any) -> None:
+    """A least-privilege login (otbus_feed) whose password rotates (as Lakebase tokens do): the
+    bridge reads the password file before each connection and misses nothing across the change."""
+    tenant = new_tenant("c")
+    token = f"tok-{uuid.uuid4().hex}"
+    role, old, new = f"bridge_{uuid.uuid4().hex[:8]}", uuid.uuid4().hex, uuid.uuid4().hex
+    secret = tmp_path / "db-token"
+    secret.write_text(old + "\n")
+    with psycopg.connect(infra.database_admin_url, autocommit=True) as admin:
+        admin.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{old}' IN ROLE otbus_feed")
+        host = infra.database_url.rsplit("@", 1)[1]
+        svc = bridge_service(
+            infra, {token: tenant}, database_url=f"postgresql://{role}@{host}", database_password_file=str(secret)
+        ).start()
+        try:
+            with BridgeClient(svc.url, token) as c:
+                c.subscribe()
+                ids = insert_events(infra.database_url, tenant, 50)
+                assert _ids(c.wait_events(50)) == ids
+                admin.execute(f"ALTER ROLE {role} PASSWORD '{new}'")
+                secret.write_text(new + "\n")
+                admin.execute(KILL_ROLE, (role,))
+                ids += insert_events(infra.database_url, tenant, 50, per_tx=5, pause=0.02)
+                assert _ids(c.wait_events(100)) == ids
+            diag = httpx.get(f"{svc.url}/diagnostics").json()
+            assert diag["listener"]["connected"] and diag["listener"]["connections"] >= 2
+            # a password that no longer works: not ready, and the reason says so
+            secret.write_text("wrong\n")
+            admin.execute(KILL_ROLE, (role,))
+            r = wait_until(lambda: (r := httpx.get(f"{svc.url}/readyz")).status_code == 503 and r, 20, "not ready")
+            assert "password authentication failed" in r.text
+        finally:
+            svc.stop()
+            admin.execute(f"DROP ROLE {role}")

@@ -1,6 +1,6 @@
 """Run every benchmark, write bench/out/report.json and print a table: `python -m bench.main`.
 
-Environment: BENCH_QUICK=1 for the short run; BENCH_ONLY=ingest,normalizer,event_store,e2e,adapters,zerobus
+Environment: BENCH_QUICK=1 for the short run; BENCH_ONLY=ingest,normalizer,event_store,e2e,adapters,zerobus,notify
 to run some; BENCH_KEEP=1 to keep the benchmark's topics and rows; BENCH_STRICT=1 to exit 1
 when a target is missed (by default only a benchmark that could not run fails the command);
 BENCH_WAIT_IDLE=<seconds> to wait up to that long for other processes to stop using the CPU.
@@ -15,7 +15,15 @@ import time
 import traceback
 from collections.abc import Callable
 
-from bench import bench_adapters, bench_e2e, bench_event_store, bench_ingest_http, bench_normalizer, bench_zerobus
+from bench import (
+    bench_adapters,
+    bench_e2e,
+    bench_event_store,
+    bench_ingest_http,
+    bench_normalizer,
+    bench_notify,
+    bench_zerobus,
+)
 from bench.common import (
     FOREIGN_CONSUMERS,
     KEEP,
@@ -43,6 +51,7 @@ BENCHMARKS: list[tuple[str, Callable[[Infra], list[Entry]]]] = [
     ("e2e", bench_e2e.run),
     ("adapters", bench_adapters.run),
     ("zerobus", bench_zerobus.run),
+    ("notify", bench_notify.run),
 ]
 
 

@@ -39,6 +39,7 @@ start_service() { # name module port [VAR=value ...]
 }
 
 start_service event-store otbus_event_store 8081 OTBUS_API_TOKENS="{\"$DEMO_KEY\": \"$DEMO_TENANT\"}"
+start_service notify-bridge otbus_notify_bridge 8084 OTBUS_API_TOKENS="{\"$DEMO_KEY\": \"$DEMO_TENANT\"}"
 start_service normalizer otbus_normalizer 8082 \
   OTBUS_DEFAULT_CONTEXT='{"site": "plant1", "area": "production", "line": "line1", "equipment": "default"}'
 # no Databricks settings: the sink embeds the Zerobus emulator and writes local Delta tables
@@ -69,12 +70,16 @@ start_service ingest-mqtt otbus_ingest_mqtt 8092 OTBUS_TENANT="$DEMO_TENANT" \
 MQTT_URL=${OTBUS_MQTT_URL:-mqtt://127.0.0.1:11883}
 start_sim mqtt-sim "publishing JSON" mqtt-json --url "$MQTT_URL" --tags 100 --rate 100
 start_sim sparkplug-sim "Sparkplug B group" sparkplug --url "$MQTT_URL" --group plant1 --tags 100
+# the seed's AI agent: recommendations into Lakebase's agentic_hmi.agent_recommendations (live page)
+start_sim recommendations-sim "recommendations: writing" recommendations --database-url "$OTBUS_DATABASE_URL" --tenant "$DEMO_TENANT" \
+  --interval 10
 
 cat <<MSG
 
 otbus is running (logs in $RUN/*.log):
   ingest-http   http://127.0.0.1:8088/docs      diagnostics: http://127.0.0.1:8088/system/zerobus/diagnostics
   event store   http://127.0.0.1:8081/docs
+  live page     http://127.0.0.1:8084/?token=$DEMO_KEY   (notify bridge: WebSocket ws://127.0.0.1:8084/ws)
   normalizer    http://127.0.0.1:8082/metrics
   zerobus-sink  http://127.0.0.1:8083/diagnostics  (local Delta tables under $OTBUS_HOME/delta)
   ingest-opcua  http://127.0.0.1:8091/api/v1/sources   (subscribes to the simulator's OPC-UA server on :4840)

@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN=${OTBUS_HOME:-$PWD/.otbus}/run
-for name in mqtt-sim sparkplug-sim ingest-mqtt ingest-opcua opcua-sim ingest-modbus modbus-sim ingest-http zerobus-sink normalizer event-store; do
+for name in recommendations-sim mqtt-sim sparkplug-sim ingest-mqtt ingest-opcua opcua-sim ingest-modbus modbus-sim ingest-http zerobus-sink normalizer notify-bridge event-store; do
   f=$RUN/$name.pid
   [[ -s $f ]] || continue
   pid=$(cat "$f")

@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 from otbus_core.ops import ops_router
 from otbus_notify_bridge.auth import Authenticator, AuthError
 from otbus_notify_bridge.config import NotifyBridgeSettings
-from otbus_notify_bridge.hub import Client, Filter, Hub
+from otbus_notify_bridge.hub import Client, Filter, Hub, flush_tally, tally_loop
 from otbus_notify_bridge.listener import Listener
 from otbus_notify_bridge.store import Credentials, FeedStore
 
@@ -96,9 +96,12 @@ def create_app(settings: NotifyBridgeSettings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await store.open()
         task = asyncio.create_task(listener.run(), name="listener")
+        tally = asyncio.create_task(tally_loop(), name="tally")
         try:
             yield
         finally:
+            tally.cancel()
+            flush_tally()
             hub.close_all(CLOSE_GOING_AWAY, "bridge shutting down; resume with since")
             await asyncio.sleep(0.1)
             task.cancel()

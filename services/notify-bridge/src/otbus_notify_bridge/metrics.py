@@ -18,7 +18,28 @@ __all__ = [
     "SOURCE_TO_WS",
 ]
 
-_LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+_LATENCY_BUCKETS = (
+    0.00025,
+    0.0005,
+    0.001,
+    0.002,
+    0.003,
+    0.005,
+    0.0075,
+    0.01,
+    0.015,
+    0.02,
+    0.03,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+)
 
 CLIENTS = Gauge("otbus_bridge_clients", "WebSocket clients connected")
 EVENTS_RELAYED = Counter("otbus_bridge_events_relayed_total", "Events sent to clients (one per event and client)")

@@ -131,7 +131,6 @@ class FeedStore:
             open=False,
             name="feed",
             configure=_configure,
-            check=AsyncConnectionPool.check_connection,
         )
 
     async def open(self) -> None:
@@ -145,7 +144,7 @@ class FeedStore:
         params = {"t": tenant, "after": after, "upto": _MAX_SEQ if upto is None else upto, "n": limit}
         params["channels"] = self.channels
         async with self.pool.connection() as conn:
-            cur = await conn.execute(_FETCH, params)
+            cur = await conn.execute(_FETCH, params, prepare=True)  # planning costs more than running it
             return [FeedEvent(*row) for row in await cur.fetchall()]
 
     async def head(self, tenant: str) -> int:

@@ -105,6 +105,11 @@ def main(argv: list[str] | None = None) -> int:
     o.add_argument("--security", default="none", choices=("none", "sign", "encrypt", "all"))
     o.add_argument("--pki", default=None, help="directory of the server certificate (made on first start)")
     o.add_argument("--user", default=None, help="name:password required to connect")
+    r = sub.add_parser("recommendations", help="write AI recommendations into Lakebase (seed 002), play the operator")
+    r.add_argument("--database-url", required=True)
+    r.add_argument("--tenant", required=True)
+    r.add_argument("--interval", type=float, default=10.0, help="seconds between recommendations")
+    r.add_argument("--seconds", type=float, default=None)
     args = p.parse_args(argv)
     with contextlib.suppress(KeyboardInterrupt):
         if args.mode == "http":
@@ -129,6 +134,10 @@ def main(argv: list[str] | None = None) -> int:
             from otbus_ot_simulator.mqtt import publish_json
 
             publish_json(args.url, args.prefix, args.tags, args.rate, args.qos, args.seconds, args.count)
+        elif args.mode == "recommendations":
+            from otbus_ot_simulator.recommendations import run_recommendations
+
+            run_recommendations(args.database_url, args.tenant, args.interval, args.seconds)
         elif args.mode == "sparkplug":
             from otbus_ot_simulator.mqtt import run_sparkplug
 

@@ -1,0 +1,117 @@
+"""Unit tests of the bridge's pure parts: filters, tokens, settings, client queues, log redaction."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+
+import jwt
+import pytest
+
+from otbus_core.exceptions import ConfigError
+from otbus_core.settings import load_settings
+from otbus_notify_bridge.app import _RedactTokens
+from otbus_notify_bridge.auth import Authenticator, AuthError
+from otbus_notify_bridge.config import NotifyBridgeSettings
+from otbus_notify_bridge.hub import CLOSE_SLOW, Client, Filter
+from otbus_notify_bridge.store import FeedEvent
+
+SECRET = "s" * 40
+
+
+def ev(
+    seq: int, channel: str = "otbus_events", type_: str = "otbus.ot.tag.v1", subject: str | None = "p/a/b"
+) -> FeedEvent:
+    return FeedEvent(seq, f"id-{seq}", channel, type_, subject, time.time(), json.dumps({"seq": seq}))
+
+
+def test_filter_matches_channel_type_and_any_prefix() -> None:
+    assert Filter().matches(ev(1))
+    f = Filter(frozenset({"otbus_events"}), frozenset({"otbus.alarm.v1"}), ("plant1/press/", "plant1/oven/"))
+    assert f.matches(ev(1, type_="otbus.alarm.v1", subject="plant1/oven/o1"))
+    assert not f.matches(ev(1, type_="otbus.alarm.v1", subject="plant1/saw/s1"))
+    assert not f.matches(ev(1, type_="otbus.ot.tag.v1", subject="plant1/oven/o1"))
+    assert not f.matches(ev(1, channel="recommendation_inserted", type_="otbus.alarm.v1", subject="plant1/oven/o"))
+    assert not f.matches(ev(1, type_="otbus.alarm.v1", subject=None))
+
+
+def test_tokens_static_and_signed() -> None:
+    auth = Authenticator(None, SECRET)
+    good = jwt.encode({"tenant": "acme", "exp": int(time.time()) + 60}, SECRET)
+    ident = auth.identify(good)
+    assert ident.tenant == "acme" and ident.expires_at is not None
+    for token, why in [
+        (None, "missing token"),
+        ("", "missing token"),
+        ("not-a-jwt", "invalid token"),
+        (jwt.encode({"tenant": "acme", "exp": int(time.time()) - 60}, SECRET), "token expired"),
+        (jwt.encode({"tenant": "acme"}, SECRET), "invalid token"),  # no exp
+        (jwt.encode({"tenant": "ACME!", "exp": int(time.time()) + 60}, SECRET), "not a tenant id"),
+        (jwt.encode({"tenant": "acme", "exp": int(time.time()) + 60}, "t" * 40), "invalid token"),
+    ]:
+        with pytest.raises(AuthError, match=why):
+            auth.identify(token)
+    with pytest.raises(ConfigError, match="OTBUS_JWT_SECRET"):
+        Authenticator(None, "short")
+    with pytest.raises(ConfigError, match="OTBUS_API_TOKENS"):
+        Authenticator(None, None)
+
+
+def test_settings_name_the_key_at_fault(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTBUS_CHANNELS", '["otbus_events", "Bad-Channel"]')
+    with pytest.raises(ConfigError, match="OTBUS_CHANNELS"):
+        load_settings(NotifyBridgeSettings)
+    monkeypatch.delenv("OTBUS_CHANNELS")
+    monkeypatch.setenv("OTBUS_FETCH_BATCH", "1000")
+    monkeypatch.setenv("OTBUS_CLIENT_QUEUE_EVENTS", "1500")
+    with pytest.raises(ConfigError, match="client_queue_events must be at least twice fetch_batch"):
+        load_settings(NotifyBridgeSettings)
+
+
+def test_client_queue_coalesces_frames_and_closes_when_full() -> None:
+    async def scenario() -> tuple[list[str], list[tuple[int, str]]]:
+        sent: list[str] = []
+        closed: list[tuple[int, str]] = []
+        gate = asyncio.Event()
+
+        async def send(frame: str) -> None:
+            await gate.wait()
+            sent.append(frame)
+
+        async def close(code: int, reason: str) -> None:
+            closed.append((code, reason))
+
+        c = Client("acme", send, close, max_events=10, max_bytes=10_000, frame_max_events=4)
+        writer = asyncio.create_task(c.write_loop())
+        c.control({"op": "subscribed"})
+        c.push([ev(1), ev(2), ev(3)], 30)
+        c.push([ev(4), ev(5)], 20)
+        await asyncio.sleep(0)
+        gate.set()
+        await asyncio.sleep(0.01)
+        c.push([ev(i) for i in range(6, 18)], 120)  # 12 > max_events: closed as slow
+        await asyncio.wait_for(c.finished.wait(), 1)
+        writer.cancel()
+        return sent, closed
+
+    sent, closed = asyncio.run(scenario())
+    assert json.loads(sent[0]) == {"op": "subscribed"}
+    batches = [[e["seq"] for e in json.loads(f)["events"]] for f in sent[1:]]
+    assert batches == [[1, 2, 3, 4], [5]]  # what queued while waiting, at most 4 per frame
+    assert closed and closed[0][0] == CLOSE_SLOW and "resume with since" in closed[0][1]
+
+
+def test_tokens_in_urls_are_redacted_from_access_lines() -> None:
+    record = logging.LogRecord(
+        "uvicorn.error",
+        logging.INFO,
+        __file__,
+        1,
+        '%s - "WebSocket %s" [accepted]',
+        ("1.2.3.4", "/ws?token=sekret&x=1"),
+        None,
+    )
+    assert _RedactTokens().filter(record)
+    assert "sekret" not in record.getMessage() and "token=<redacted>&x=1" in record.getMessage()

@@ -15,7 +15,7 @@ from otbus_core.settings import load_settings
 from otbus_notify_bridge.app import _RedactTokens
 from otbus_notify_bridge.auth import Authenticator, AuthError
 from otbus_notify_bridge.config import NotifyBridgeSettings
-from otbus_notify_bridge.hub import CLOSE_SLOW, Client, Filter
+from otbus_notify_bridge.hub import CLOSE_SLOW, Batch, Client, Filter
 from otbus_notify_bridge.store import FeedEvent
 
 SECRET = "s" * 40
@@ -86,12 +86,12 @@ def test_client_queue_coalesces_frames_and_closes_when_full() -> None:
         c = Client("acme", send, close, max_events=10, max_bytes=10_000, frame_max_events=4)
         writer = asyncio.create_task(c.write_loop())
         c.control({"op": "subscribed"})
-        c.push([ev(1), ev(2), ev(3)], 30)
-        c.push([ev(4), ev(5)], 20)
+        c.push(Batch([ev(1), ev(2), ev(3)], 30))
+        c.push(Batch([ev(4), ev(5)], 20))
         await asyncio.sleep(0)
         gate.set()
         await asyncio.sleep(0.01)
-        c.push([ev(i) for i in range(6, 18)], 120)  # 12 > max_events: closed as slow
+        c.push(Batch([ev(i) for i in range(6, 18)], 120))  # 12 > max_events: closed as slow
         await asyncio.wait_for(c.finished.wait(), 1)
         writer.cancel()
         return sent, closed

@@ -18,16 +18,18 @@ import json
 import logging
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Annotated, Any, Literal
+from urllib.parse import parse_qs
 from uuid import UUID
 
-from fastapi import FastAPI, WebSocket
+from fastapi import FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from starlette.types import Receive, Scope, Send
 
 from otbus_core.ops import ops_router
 from otbus_notify_bridge.auth import Authenticator, AuthError
@@ -81,14 +83,39 @@ def _error(code: str, message: str, field: str | None = None) -> dict[str, objec
     return frame
 
 
-def create_app(settings: NotifyBridgeSettings) -> FastAPI:
+class WebSocketFirst:
+    """The ASGI app served: `/ws` goes straight to the bridge's WebSocket endpoint, everything
+    else (the page, the ops endpoints, lifespan) to the FastAPI app."""
+
+    def __init__(self, app: FastAPI, ws: Callable[[Scope, Receive, Send], Awaitable[None]]) -> None:
+        self.app = app
+        self.ws = ws
+        self.state = app.state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket" and scope["path"] == "/ws":
+            await self.ws(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+
+def create_app(settings: NotifyBridgeSettings) -> WebSocketFirst:
+    return WebSocketFirst(*_build(settings))
+
+
+def _build(settings: NotifyBridgeSettings) -> tuple[FastAPI, Callable[[Scope, Receive, Send], Awaitable[None]]]:
     auth = Authenticator.from_settings(settings)
     uvicorn_log = logging.getLogger("uvicorn.error")
     if not any(isinstance(f, _RedactTokens) for f in uvicorn_log.filters):
         uvicorn_log.addFilter(_RedactTokens())
     credentials = Credentials(settings)
     store = FeedStore(settings, credentials)
-    hub = Hub(store, fetch_batch=settings.fetch_batch, poll_interval_s=settings.poll_interval_s)
+    hub = Hub(
+        store,
+        fetch_batch=settings.fetch_batch,
+        poll_interval_s=settings.poll_interval_s,
+        pace_per_client_s=settings.read_pace_us_per_client / 1e6,
+    )
     listener = Listener(settings, credentials, hub.on_notify, hub.wake_all)
     static = resources.files("otbus_notify_bridge") / "static"
 
@@ -147,32 +174,39 @@ def create_app(settings: NotifyBridgeSettings) -> FastAPI:
 
     app.mount("/static", StaticFiles(directory=str(static)), name="static")
 
-    @app.websocket("/ws")
-    async def ws(websocket: WebSocket) -> None:
-        await websocket.accept()
-        token = websocket.query_params.get("token")
-        header = websocket.headers.get("authorization")
-        if not token and header and header[:7].lower() == "bearer ":
-            token = header[7:].strip()
+    async def ws(scope: Scope, receive: Receive, send: Send) -> None:
+        """The WebSocket endpoint, in plain ASGI: a frame to a client is one call into the server
+        (no per-message framework layers; this is the bridge's hot path)."""
+        if (await receive())["type"] != "websocket.connect":
+            return
+        await send({"type": "websocket.accept"})
+        params = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        token = (params.get("token") or [None])[0]
+        if not token:
+            for name, value in scope.get("headers", ()):
+                if name == b"authorization" and value[:7].lower() == b"bearer ":
+                    token = value[7:].decode("latin-1").strip()
         try:
             identity = auth.identify(token)
         except AuthError as e:
-            await websocket.close(CLOSE_AUTH, str(e)[:120])
+            await send({"type": "websocket.close", "code": CLOSE_AUTH, "reason": str(e)[:120]})
             return
         if len(hub.clients) >= settings.max_clients:
-            await websocket.close(CLOSE_TRY_LATER, "too many clients; try again later")
+            await send(
+                {"type": "websocket.close", "code": CLOSE_TRY_LATER, "reason": "too many clients; try again later"}
+            )
             return
 
-        async def send(frame: str) -> None:
-            await websocket.send_text(frame)
+        async def send_text(frame: str) -> None:
+            await send({"type": "websocket.send", "text": frame})
 
         async def close(code: int, reason: str) -> None:
             with contextlib.suppress(Exception):
-                await websocket.close(code, reason)
+                await send({"type": "websocket.close", "code": code, "reason": reason})
 
         client = Client(
             identity.tenant,
-            send,
+            send_text,
             close,
             max_events=settings.client_queue_events,
             max_bytes=settings.client_queue_bytes,
@@ -184,7 +218,7 @@ def create_app(settings: NotifyBridgeSettings) -> FastAPI:
             errors = 0
             try:
                 while not client.closed:
-                    message = await websocket.receive()
+                    message = await receive()
                     if message["type"] == "websocket.disconnect":
                         return
                     reply = await _handle(message.get("text"), client, settings, hub, store, tasks)
@@ -211,7 +245,7 @@ def create_app(settings: NotifyBridgeSettings) -> FastAPI:
             for t in tasks:
                 t.cancel()
 
-    return app
+    return app, ws
 
 
 async def _handle(

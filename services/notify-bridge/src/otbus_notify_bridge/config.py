@@ -57,6 +57,9 @@ class NotifyBridgeSettings(DatabaseSettings):
     """Largest message a client may send (a subscribe); larger ones close with 1009."""
     fetch_batch: int = Field(1000, ge=1, le=100_000)
     """Events read from the store per query, live and replay."""
+    read_pace_us_per_client: float = Field(30.0, ge=0, le=1000)
+    """Reads of a tenant's feed are at least (its clients x this) apart, at most 200 ms: with 1,000
+    clients one frame per client every 30 ms instead of one per transaction (0: no pacing)."""
     max_subject_prefixes: int = Field(64, ge=1)
     max_types: int = Field(64, ge=1)
 

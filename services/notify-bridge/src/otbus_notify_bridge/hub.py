@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 CLOSE_SLOW = 4008
 """Close code for a client whose queue overflowed; it may resume with `since`."""
 CLOSE_GRACE_S = 10.0
+MAX_PACE_S = 0.2
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,8 +58,23 @@ class Filter:
         }
 
 
-Chunk = tuple[list[FeedEvent], int] | str
-"""Queued for a client: events with their byte count, or a ready control frame."""
+@dataclass(slots=True)
+class Batch:
+    """Events queued for clients, with their byte count and, once built, their frame: clients
+    with equal filters share one Batch, so a read's frame is built once, not once per client."""
+
+    events: list[FeedEvent]
+    nbytes: int
+    frame: str | None = None
+
+    def text(self) -> str:
+        if self.frame is None:
+            self.frame = '{"op":"events","events":[' + ",".join(e.json for e in self.events) + "]}"
+        return self.frame
+
+
+Chunk = Batch | str
+"""Queued for a client: events, or a ready control frame."""
 
 
 class Client:
@@ -94,12 +110,12 @@ class Client:
         """Set when the connection is over (closed by either side, or dropped)."""
 
     # -- queue ------------------------------------------------------------------------------
-    def push(self, events: list[FeedEvent], nbytes: int) -> None:
+    def push(self, batch: Batch) -> None:
         if self.closed:
             return
-        self._queue.append((events, nbytes))
-        self._q_events += len(events)
-        self._q_bytes += nbytes
+        self._queue.append(batch)
+        self._q_events += len(batch.events)
+        self._q_bytes += batch.nbytes
         if self._q_events > self.max_events or self._q_bytes > self.max_bytes:
             metrics.SLOW_CLOSES.inc()
             log.warning(
@@ -154,29 +170,38 @@ class Client:
                     await self._send(head)
                     continue
                 batch = self._take_batch()
-                await self._send('{"op":"events","events":[' + ",".join(e.json for e in batch) + "]}")
-                self._sent(batch)
+                await self._send(batch.text())
+                self._sent(batch.events)
                 self._drained.set()
 
-    def _take_batch(self) -> list[FeedEvent]:
-        """Queued events up to the next control frame, at most frame_max_events."""
-        batch: list[FeedEvent] = []
-        while self._queue and len(batch) < self.frame_max_events:
+    def _take_batch(self) -> Batch:
+        """Queued events up to the next control frame, at most frame_max_events; a lone queued
+        batch is sent as it is (its frame shared with other clients)."""
+        head = self._queue[0]
+        alone = len(self._queue) == 1 or not isinstance(self._queue[1], Batch)
+        if isinstance(head, Batch) and len(head.events) <= self.frame_max_events and alone:
+            self._queue.popleft()
+            self._q_events -= len(head.events)
+            self._q_bytes -= head.nbytes
+            return head
+        events: list[FeedEvent] = []
+        nbytes = 0
+        while self._queue and len(events) < self.frame_max_events:
             head = self._queue[0]
             if isinstance(head, str):
                 break
             self._queue.popleft()
-            events, nbytes = head
-            room = self.frame_max_events - len(batch)
-            if len(events) > room:
-                rest = events[room:]
+            room = self.frame_max_events - len(events)
+            if len(head.events) > room:
+                rest = head.events[room:]
                 rest_bytes = sum(len(e.json) for e in rest)
-                self._queue.appendleft((rest, rest_bytes))
-                events, nbytes = events[:room], nbytes - rest_bytes
-            batch.extend(events)
-            self._q_events -= len(events)
-            self._q_bytes -= nbytes
-        return batch
+                self._queue.appendleft(Batch(rest, rest_bytes))
+                head = Batch(head.events[:room], head.nbytes - rest_bytes)
+            events.extend(head.events)
+            nbytes += head.nbytes
+        self._q_events -= len(events)
+        self._q_bytes -= nbytes
+        return Batch(events, nbytes)
 
     def _sent(self, batch: list[FeedEvent]) -> None:
         oldest = batch[0]
@@ -220,6 +245,7 @@ class TenantFeed:
         self.notified_at: dict[int, float] = {}
         self.failure: str | None = None
         self.task: asyncio.Task[None] | None = None
+        self.last_read = 0.0
 
     async def run(self) -> None:
         hub = self.hub
@@ -231,7 +257,13 @@ class TenantFeed:
                     self.ready.set()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wake.wait(), hub.poll_interval_s)
+                # With many clients every read costs a frame per client: reads are spaced by
+                # (clients x pace), so more events share a frame and the bridge keeps up.
+                gap = len(self.clients) * hub.pace_per_client_s - (time.monotonic() - self.last_read)
+                if gap > 0:
+                    await asyncio.sleep(min(gap, MAX_PACE_S))
                 self.wake.clear()
+                self.last_read = time.monotonic()
                 while True:
                     events = await hub.store.fetch(self.tenant, self.cursor, hub.fetch_batch)
                     if events:
@@ -258,12 +290,14 @@ class Hub:
         *,
         fetch_batch: int,
         poll_interval_s: float,
+        pace_per_client_s: float = 0.0,
         retry_initial_s: float = 0.1,
         retry_max_s: float = 5.0,
     ) -> None:
         self.store = store
         self.fetch_batch = fetch_batch
         self.poll_interval_s = poll_interval_s
+        self.pace_per_client_s = pace_per_client_s
         self.retry_initial_s = retry_initial_s
         self.retry_max_s = retry_max_s
         self.feeds: dict[str, TenantFeed] = {}
@@ -305,7 +339,7 @@ class Hub:
             events = await self.store.fetch(client.tenant, client.cursor, self.fetch_batch, upto=target)
             matched = [e for e in events if client.filter.matches(e)]
             if matched:
-                client.push(matched, sum(len(e.json) for e in matched))
+                client.push(Batch(matched, sum(len(e.json) for e in matched)))
                 sent += len(matched)
                 metrics.REPLAYED.inc(len(matched))
             client.cursor = events[-1].seq if len(events) == self.fetch_batch else target
@@ -359,22 +393,21 @@ class Hub:
             for e in events:
                 e.notified = pending.pop(e.seq, None)
         first, last = events[0].seq, events[-1].seq
-        shared: dict[Filter, tuple[list[FeedEvent], int]] = {}
+        shared: dict[Filter, Batch] = {}
         for c in feed.clients:
             if c.replaying or c.closed or not c.subscribed:
                 continue
-            got = shared.get(c.filter)
-            if got is None:
+            batch = shared.get(c.filter)
+            if batch is None:
                 matched = [e for e in events if c.filter.matches(e)]
-                got = shared[c.filter] = (matched, sum(len(e.json) for e in matched))
-            mine, nbytes = got
+                batch = shared[c.filter] = Batch(matched, sum(len(e.json) for e in matched))
             if c.cursor >= first:  # it caught up past part of this read while replaying
-                mine = [e for e in mine if e.seq > c.cursor]
-                nbytes = sum(len(e.json) for e in mine)
+                mine = [e for e in batch.events if e.seq > c.cursor]
+                batch = Batch(mine, sum(len(e.json) for e in mine))
             if last > c.cursor:
                 c.cursor = last
-            if mine:
-                c.push(mine, nbytes)
+            if batch.events:
+                c.push(batch)
         feed.cursor = last
         if pending:
             for seq in [s for s in pending if s <= last]:

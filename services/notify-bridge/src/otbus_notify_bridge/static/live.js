@@ -73,14 +73,24 @@
     };
   }
 
+  // Frames only queue events; the page is drawn at most once per animation frame, so a burst of
+  // events costs one layout, and "latency" is measured when an event is actually drawn.
+  let pending = [];
+  let scheduled = false;
+  const fresh = new Map();  // leaf -> when it was highlighted
+
   function onFrame(f) {
     if (f.op === "subscribed") {
       retry = 250;
       setState("live");
     } else if (f.op === "events") {
-      const now = Date.now();
-      for (const e of f.events) show(e, now);
-      statsEl.textContent = `${live.received} events` + latencySummary();
+      if (f.events.length) live.lastId = f.events[f.events.length - 1].id;
+      pending.push(...f.events);
+      if (!scheduled) {
+        scheduled = true;
+        requestAnimationFrame(render);
+        setTimeout(render, 250);  // rAF does not run in hidden tabs
+      }
     } else if (f.op === "error") {
       if (f.code === "unknown_since") {  // the cursor is past retention: start afresh
         live.lastId = null;
@@ -91,32 +101,49 @@
     }
   }
 
-  function show(e, now) {
-    live.received += 1;
-    live.lastId = e.id;
-    live.seen.set(e.id, now);
-    if (live.seen.size > 20000) live.seen.delete(live.seen.keys().next().value);
-    const lat = now - Date.parse(e.time);
-    live.latencies.push(lat);
-    if (live.latencies.length > 10000) live.latencies.shift();
-    if (e.channel === "otbus_events") {
-      const d = e.data || {};
-      const value = "value" in d ? d.value : d;
-      if (e.subject) setValue(e.subject, value, d.unit);
-      addRow(feedBody, [fmtTime(e.time), e.type, e.subject || "", fmtValue(value), `${lat} ms`]);
-    } else {
-      const r = e.data || {};
-      addRecommendation(e, r, lat);
+  function render() {
+    if (!scheduled) return;
+    scheduled = false;
+    const events = pending;
+    pending = [];
+    const now = Date.now();
+    const changed = new Map();  // path -> [value, unit]
+    const firstRow = Math.max(0, events.length - FEED_ROWS);
+    events.forEach((e, i) => {
+      live.received += 1;
+      live.seen.set(e.id, now);
+      if (live.seen.size > 20000) live.seen.delete(live.seen.keys().next().value);
+      const lat = now - Date.parse(e.time);
+      live.latencies.push(lat);
+      if (e.channel === "otbus_events") {
+        const d = e.data || {};
+        const value = "value" in d ? d.value : d;
+        if (e.subject) {
+          live.values[e.subject] = value;
+          changed.set(e.subject, [value, d.unit]);
+        }
+        if (i >= firstRow) addRow(feedBody, [fmtTime(e.time), e.type, e.subject || "", fmtValue(value), `${lat} ms`]);
+      } else {
+        addRecommendation(e, e.data || {}, lat);
+      }
+    });
+    if (live.latencies.length > 10000) live.latencies.splice(0, live.latencies.length - 10000);
+    for (const [path, [value, unit]] of changed) setValue(path, value, unit, now);
+    for (const [leaf, t] of fresh) {
+      if (now - t > 600) {
+        leaf.li.classList.remove("fresh");
+        fresh.delete(leaf);
+      }
     }
+    if (events.length) statsEl.textContent = `${live.received} events` + latencySummary();
   }
 
-  function setValue(path, value, unit) {
-    live.values[path] = value;
+  function setValue(path, value, unit, now) {
     let leaf = tree.get(path);
     if (!leaf) leaf = makeLeaf(path);
     leaf.valueEl.textContent = fmtValue(value) + (unit ? ` ${unit}` : "");
     leaf.li.classList.add("fresh");
-    setTimeout(() => leaf.li.classList.remove("fresh"), 600);
+    fresh.set(leaf, now);
   }
 
   function makeLeaf(path) {

@@ -135,7 +135,9 @@ class _Node:
             for dev in self.devices:
                 self.client.publish(self.topic("DDEATH", dev), encode_payload([], self.next_seq(), t), qos=0)
             body = encode_payload([{"name": "bdSeq", "datatype": DT.Int64, "value": self.bd_seq}], None, t)
-            self.client.publish(self.topic("NDEATH"), body, qos=0).wait_for_publish(10)
+            info = self.client.publish(self.topic("NDEATH"), body, qos=0)
+            if self.client.is_connected():  # with the broker gone there is no one to tell
+                info.wait_for_publish(2)
 
 
 def _metric(s: Signal, alias: int, t: int, rng: random.Random, named: bool) -> dict[str, Any]:

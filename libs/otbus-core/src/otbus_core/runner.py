@@ -163,7 +163,7 @@ class ConsumerRunner:
         consumer = Consumer(self._consumer_config())
         if self.config.transactional:
             self._retrying("init_transactions", lambda: self.producer.raw.init_transactions(30))
-        consumer.subscribe(list(self.config.topics), on_revoke=self._on_revoke)
+        consumer.subscribe(list(self.config.topics), on_assign=self._on_assign, on_revoke=self._on_revoke)
         log.info("%s consuming %s as group %s", self.config.stage, list(self.config.topics), self.config.group_id)
         try:
             while not self._stop.is_set():
@@ -203,7 +203,25 @@ class ConsumerRunner:
         gone = {(tp.topic, tp.partition) for tp in partitions}
         for key in gone:
             self.committed.pop(key, None)
+        # A partition paused for a retry and then revoked (also when the group session was lost
+        # while Kafka was away) must not come back paused: nothing would ever resume it.
+        revoked_paused = [tp for tp in self._paused if (tp.topic, tp.partition) in gone]
+        if revoked_paused:
+            try:
+                consumer.resume(revoked_paused)
+            except KafkaException as e:
+                log.info("resume of revoked partitions skipped: %s", e)
         self._paused = [tp for tp in self._paused if (tp.topic, tp.partition) not in gone]
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Partitions (re)assigned start fetching, whatever state they were left in before.
+        paused = {(tp.topic, tp.partition) for tp in self._paused}
+        fresh = [tp for tp in partitions if (tp.topic, tp.partition) not in paused]
+        if fresh:
+            try:
+                consumer.resume(fresh)
+            except KafkaException as e:
+                log.info("resume of assigned partitions skipped: %s", e)
 
     def _usable(self, msgs: list[Message]) -> list[Message]:
         paused = {(tp.topic, tp.partition) for tp in self._paused}

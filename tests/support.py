@@ -516,6 +516,12 @@ def bridge_service(infra: Infra, tokens: dict[str, str], **env: str) -> Service:
     )
 
 
+async def bridge_password() -> str:
+    """A credentials provider for the bridge (OTBUS_DATABASE_CREDENTIALS_PROVIDER), as a Lakebase
+    token provider would be: the password is whatever OTBUS_TEST_PASSWORD_FILE holds now."""
+    return Path(os.environ["OTBUS_TEST_PASSWORD_FILE"]).read_text().strip()
+
+
 def insert_events(
     database_url: str,
     tenant: str,

@@ -305,9 +305,11 @@ def test_slow_client_is_closed_and_others_are_not(bridge: Bridge, infra: Infra) 
         assert _ids(again.wait_events(len(ids) - len(got), timeout=60)) == ids[len(got) :]
 
 
-def test_reconnects_with_refreshed_credentials(infra: Infra, tmp_path: Any) -> None:
+@pytest.mark.parametrize("source", ["password_file", "provider"])
+def test_reconnects_with_refreshed_credentials(infra: Infra, tmp_path: Any, source: str) -> None:
     """A least-privilege login (otbus_feed) whose password rotates (as Lakebase tokens do): the
-    bridge reads the password file before each connection and misses nothing across the change."""
+    bridge fetches the password before each connection (from a file, or from a provider callable)
+    and misses nothing across the change."""
     tenant = new_tenant("c")
     token = f"tok-{uuid.uuid4().hex}"
     role, old, new = f"bridge_{uuid.uuid4().hex[:8]}", uuid.uuid4().hex, uuid.uuid4().hex
@@ -316,9 +318,12 @@ def test_reconnects_with_refreshed_credentials(infra: Infra, tmp_path: Any) -> N
     with psycopg.connect(infra.database_admin_url, autocommit=True) as admin:
         admin.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{old}' IN ROLE otbus_feed")
         host = infra.database_url.rsplit("@", 1)[1]
-        svc = bridge_service(
-            infra, {token: tenant}, database_url=f"postgresql://{role}@{host}", database_password_file=str(secret)
-        ).start()
+        how = (
+            {"database_password_file": str(secret)}
+            if source == "password_file"
+            else {"database_credentials_provider": "tests.support:bridge_password", "test_password_file": str(secret)}
+        )
+        svc = bridge_service(infra, {token: tenant}, database_url=f"postgresql://{role}@{host}", **how).start()
         try:
             with BridgeClient(svc.url, token) as c:
                 c.subscribe()

@@ -16,6 +16,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"sync"
 	"time"
@@ -31,6 +32,26 @@ type frame struct {
 	Op     string  `json:"op"`
 	Events []event `json:"events"`
 	Time   string  `json:"time"`
+}
+
+// countIn counts tag in what r yields, through buf, across chunk boundaries.
+func countIn(r io.Reader, buf []byte, tag []byte) int {
+	n, keep := 0, 0
+	for {
+		m, err := r.Read(buf[keep:])
+		end := keep + m
+		n += bytes.Count(buf[:end], tag)
+		// carry the last len(tag)-1 bytes: a tag split by the chunk boundary is counted next time
+		keep = len(tag) - 1
+		if end < keep {
+			keep = end
+		}
+		// a tag entirely inside the carried bytes was counted already: it cannot be, they are shorter
+		copy(buf, buf[end-keep:end])
+		if err != nil {
+			return n
+		}
+	}
 }
 
 func main() {
@@ -74,7 +95,21 @@ func main() {
 			}
 			connected.Done()
 			var mine []float64
+			buf := make([]byte, 64*1024)
 			for {
+				if i >= *sample { // count without keeping the message: no allocation per frame
+					_, r, err := c.Reader(ctx)
+					if err != nil {
+						if code := websocket.CloseStatus(err); code != -1 {
+							mu.Lock()
+							closes = append(closes, int(code))
+							mu.Unlock()
+						}
+						break
+					}
+					counts[i] += countIn(r, buf, timeTag)
+					continue
+				}
 				_, msg, err := c.Read(ctx)
 				if err != nil {
 					if code := websocket.CloseStatus(err); code != -1 {
@@ -85,7 +120,7 @@ func main() {
 					break
 				}
 				now := time.Now()
-				if i < *sample {
+				{
 					var f frame
 					if json.Unmarshal(msg, &f) != nil {
 						continue
@@ -101,8 +136,6 @@ func main() {
 						}
 						counts[i]++
 					}
-				} else {
-					counts[i] += bytes.Count(msg, timeTag)
 				}
 			}
 			c.CloseNow()

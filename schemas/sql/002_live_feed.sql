@@ -13,8 +13,12 @@
 -- After each INSERT/COPY into otbus_events, one NOTIFY per event on the channel
 -- `otbus_events` carries a compact reference, never the payload:
 --   {"seq": 42, "id": "<event id>", "tenant": "acme", "type": "otbus.ot.tag.v1",
---    "subject": "<ISA-95 path, at most 1024 characters>", "time": "<event time>"}
--- so no event is too large to announce (NOTIFY payloads are limited to 8000 bytes).
+--    "subject": "<ISA-95 path, at most 900 characters>", "time": "<event time>"}
+-- (type cut at 200 characters) so no event is too large to announce: NOTIFY payloads are
+-- limited to 8000 bytes, and a character may take 6 once escaped in JSON.
+-- Operators: every session that LISTENs must not sit idle in a transaction (set
+-- idle_in_transaction_session_timeout for such roles), or the NOTIFY queue cannot be cleaned and,
+-- once full, commits of the event store fail until it drains; watch pg_notification_queue_usage().
 
 CREATE SEQUENCE IF NOT EXISTS otbus_feed_seq AS bigint CACHE 1;
 ALTER SEQUENCE otbus_feed_seq CACHE 1;
@@ -23,8 +27,10 @@ ALTER SEQUENCE otbus_feed_seq CACHE 1;
 CREATE OR REPLACE FUNCTION otbus_feed_lock() RETURNS void
 LANGUAGE sql AS $$ SELECT pg_advisory_xact_lock(8029135201) $$;
 
--- Rows stored before this migration get numbers in their physical order.
-ALTER TABLE otbus_events ADD COLUMN IF NOT EXISTS seq bigint NOT NULL DEFAULT nextval('otbus_feed_seq');
+-- Rows stored before this migration keep seq NULL (no table rewrite on upgrade); they are
+-- queryable as before but not part of the live feed. New rows draw a number.
+ALTER TABLE otbus_events ADD COLUMN IF NOT EXISTS seq bigint;
+ALTER TABLE otbus_events ALTER COLUMN seq SET DEFAULT nextval('otbus_feed_seq');
 CREATE INDEX IF NOT EXISTS otbus_events_tenant_seq ON otbus_events (tenant, seq);
 
 CREATE OR REPLACE FUNCTION otbus_events_feed_lock() RETURNS trigger
@@ -39,8 +45,8 @@ CREATE OR REPLACE FUNCTION otbus_events_feed_notify() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM pg_notify('otbus_events', json_build_object(
-        'seq', n.seq, 'id', n.event_id, 'tenant', n.tenant, 'type', n.type,
-        'subject', left(n.subject, 1024), 'time', n.time)::text)
+        'seq', n.seq, 'id', n.event_id, 'tenant', n.tenant, 'type', left(n.type, 200),
+        'subject', left(n.subject, 900), 'time', n.time)::text)
     FROM otbus_new AS n ORDER BY n.seq;
     RETURN NULL;
 END

@@ -13,7 +13,12 @@
 -- never makes the plant's write fail. The notify bridge relays these to WebSocket clients of
 -- the row's tenant and replays them to clients that resume.
 --
--- A row whose tenant column is NULL is not relayed (a warning is logged); its write succeeds.
+-- A row whose tenant column is NULL or not a tenant id is not relayed (a warning is logged); its
+-- write succeeds. The relay runs when the writing transaction commits (deferred constraint
+-- triggers): the feed's lock is held only for that moment, never while the plant's transaction
+-- is open, and a rolled-back write is never announced. It runs with the rights of the functions'
+-- owner, so plant roles need no rights on otbus_relay_events. Whoever may write a relayed table
+-- decides the tenant its rows are relayed to: grant writes on such tables accordingly.
 
 CREATE TABLE IF NOT EXISTS otbus_relay_events (
     seq       bigint      PRIMARY KEY DEFAULT nextval('otbus_feed_seq'),
@@ -34,7 +39,7 @@ GRANT SELECT ON otbus_relay_events TO otbus_feed;
 -- Trigger function; arguments: channel, tenant column, subject column ('' for none),
 -- event type ('' for '<table>.<insert|update|delete>').
 CREATE OR REPLACE FUNCTION otbus_relay_row() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
 DECLARE
     row_json jsonb := to_jsonb(CASE WHEN TG_OP = 'DELETE' THEN OLD ELSE NEW END);
     row_tenant text := row_json ->> TG_ARGV[1];
@@ -43,17 +48,17 @@ DECLARE
     ev otbus_relay_events;
     note jsonb;
 BEGIN
-    IF row_tenant IS NULL THEN
-        RAISE WARNING 'otbus relay: a row of %.% has no tenant in column %; not relayed',
-            TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_ARGV[1];
+    IF row_tenant IS NULL OR row_tenant !~ '^[a-z0-9][a-z0-9-]{0,62}$' THEN
+        RAISE WARNING 'otbus relay: a row of %.% has no tenant id in column % (%); not relayed',
+            TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_ARGV[1], left(row_tenant, 80);
         RETURN NULL;
     END IF;
     PERFORM otbus_feed_lock();
     INSERT INTO otbus_relay_events (tenant, channel, type, subject, source, payload)
     VALUES (row_tenant, TG_ARGV[0], event_type, row_subject, TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME, row_json)
     RETURNING * INTO ev;
-    note := jsonb_build_object('seq', ev.seq, 'id', ev.event_id, 'tenant', ev.tenant, 'type', ev.type,
-                               'subject', left(ev.subject, 1024), 'time', ev.time);
+    note := jsonb_build_object('seq', ev.seq, 'id', ev.event_id, 'tenant', ev.tenant, 'type', left(ev.type, 200),
+                               'subject', left(ev.subject, 900), 'time', ev.time);
     IF octet_length(row_json::text) + octet_length(note::text) < 7900 THEN
         note := note || jsonb_build_object('row', row_json);
     ELSE
@@ -84,8 +89,8 @@ BEGIN
     END IF;
     EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', trigger_name, tbl);
     EXECUTE format(
-        'CREATE TRIGGER %I AFTER INSERT OR UPDATE OR DELETE ON %s FOR EACH ROW'
-        ' EXECUTE FUNCTION otbus_relay_row(%L, %L, %L, %L)',
+        'CREATE CONSTRAINT TRIGGER %I AFTER INSERT OR UPDATE OR DELETE ON %s'
+        ' DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION otbus_relay_row(%L, %L, %L, %L)',
         trigger_name, tbl, channel, tenant_column, coalesce(subject_column, ''), '');
     RETURN trigger_name;
 END
@@ -130,10 +135,10 @@ CREATE TRIGGER touch_updated_timestamp BEFORE UPDATE ON agentic_hmi.agent_recomm
     FOR EACH ROW EXECUTE FUNCTION agentic_hmi.touch_updated_timestamp();
 
 DROP TRIGGER IF EXISTS recommendation_inserted ON agentic_hmi.agent_recommendations;
-CREATE TRIGGER recommendation_inserted AFTER INSERT ON agentic_hmi.agent_recommendations
-    FOR EACH ROW EXECUTE FUNCTION
+CREATE CONSTRAINT TRIGGER recommendation_inserted AFTER INSERT ON agentic_hmi.agent_recommendations
+    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION
     otbus_relay_row('recommendation_inserted', 'tenant', 'subject', 'recommendation.inserted');
 DROP TRIGGER IF EXISTS recommendation_status_changed ON agentic_hmi.agent_recommendations;
-CREATE TRIGGER recommendation_status_changed AFTER UPDATE OF status ON agentic_hmi.agent_recommendations
-    FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status) EXECUTE FUNCTION
+CREATE CONSTRAINT TRIGGER recommendation_status_changed AFTER UPDATE OF status ON agentic_hmi.agent_recommendations
+    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status) EXECUTE FUNCTION
     otbus_relay_row('recommendation_status_changed', 'tenant', 'subject', 'recommendation.status_changed');

@@ -123,6 +123,53 @@ def test_resume_after_disconnect_gets_exactly_the_gap(bridge: Bridge, infra: Inf
     assert marker["events"] >= 500
 
 
+def test_resume_by_seq_when_nothing_had_arrived(bridge: Bridge, infra: Infra) -> None:
+    with bridge.client(bridge.b) as c:
+        start = c.subscribe()["seq"]
+    missed = insert_events(infra.database_url, bridge.b, 50)
+    with bridge.client(bridge.b) as c:
+        assert c.subscribe(since_seq=start)["since_seq"] == start
+        assert _ids(c.wait_events(50)) == missed
+    with bridge.client(bridge.b) as c:
+        err = c.subscribe(since_seq=start + 10**9)
+        assert (err["code"], err["field"]) == ("unknown_since", "since_seq")
+        c.frames.clear()
+        err = c.subscribe(since_seq=start, since=missed[0])
+        assert (err["code"], err["field"]) == ("invalid_subscribe", "since_seq")
+
+
+def test_relay_runs_at_commit_for_any_writer(bridge: Bridge, infra: Infra) -> None:
+    """A plant transaction left open holds no lock of the feed (the event store keeps storing);
+    a rolled-back write is never announced; a plant role with no rights on otbus_* can write."""
+    t = bridge.a
+    role = f"plant_{uuid.uuid4().hex[:8]}"
+    insert = (
+        "INSERT INTO agentic_hmi.agent_recommendations (tenant, equipment_id, issue_type, recommended_action)"
+        " VALUES (%s, %s, 'x', 'y')"
+    )
+    with psycopg.connect(infra.database_admin_url, autocommit=True) as admin:
+        admin.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'p'")
+        admin.execute(f"GRANT USAGE ON SCHEMA agentic_hmi TO {role}")
+        admin.execute(f"GRANT INSERT ON agentic_hmi.agent_recommendations TO {role}")
+        host = infra.database_url.rsplit("@", 1)[1]
+        try:
+            with bridge.client(t) as c, psycopg.connect(f"postgresql://{role}:p@{host}") as plant:
+                c.subscribe(channels=["recommendation_inserted", "otbus_events"])
+                plant.execute(insert, (t, "OPEN-1"))  # its transaction stays open
+                t0 = time.monotonic()
+                stored = insert_events(infra.database_url, t, 3)
+                assert time.monotonic() - t0 < 5  # not blocked by the open plant transaction
+                plant.rollback()
+                plant.execute(insert, (t, "KEPT-1"))
+                plant.commit()
+                got = c.wait_events(4)
+            assert _ids(got[:3]) == stored
+            assert [e["data"]["equipment_id"] for e in got[3:]] == ["KEPT-1"]
+        finally:
+            admin.execute(f"DROP OWNED BY {role}")
+            admin.execute(f"DROP ROLE {role}")
+
+
 def test_one_megabyte_payload_whole_and_tenants_isolated(bridge: Bridge, infra: Infra) -> None:
     big = {"blob": "x" * (1024 * 1024), "value": 1}
     with bridge.client(bridge.a) as a, bridge.client(bridge.b) as b:

@@ -74,6 +74,9 @@ class Subscribe(BaseModel):
     types: list[Text] = Field(default_factory=list)
     subject_prefix: Text | list[Text] | None = None
     since: UUID | None = None
+    since_seq: int | None = Field(None, ge=0)
+    """Resume after this seq (the `seq` of the last event, or of the `subscribed` frame): also
+    for a client that got no event before it was cut off."""
 
 
 def _error(code: str, message: str, field: str | None = None) -> dict[str, object]:
@@ -145,7 +148,7 @@ def _build(settings: NotifyBridgeSettings) -> tuple[FastAPI, Callable[[Scope, Re
     app.state.listener = listener
     app.state.auth = auth
 
-    def feeds_check() -> None:
+    async def feeds_check() -> None:  # on the event loop: the hub is not thread-safe
         failing = hub.failures()
         if failing:
             raise RuntimeError("; ".join(f"{t}: {why}" for t, why in failing.items()))
@@ -263,6 +266,8 @@ async def _handle(
         msg = json.loads(text)
     except ValueError as e:
         return _error("malformed", f"not JSON: {e}")
+    except RecursionError:
+        return _error("malformed", "JSON nested too deeply")
     if not isinstance(msg, dict) or not isinstance(msg.get("op"), str):
         return _error("malformed", 'a message is a JSON object with an "op"', "op")
     op = msg["op"]
@@ -294,9 +299,16 @@ async def _handle(
     if len(prefixes) > settings.max_subject_prefixes:
         return _error("invalid_subscribe", f"at most {settings.max_subject_prefixes} prefixes", "subject_prefix")
     flt = Filter(frozenset(sub.channels), frozenset(sub.types), tuple(prefixes))
+    if sub.since is not None and sub.since_seq is not None:
+        return _error("invalid_subscribe", "give since or since_seq, not both", "since_seq")
     since_seq: int | None = None
     try:
-        if sub.since is not None:
+        if sub.since_seq is not None:
+            head = await store.head(client.tenant)
+            if sub.since_seq > head:
+                return _error("unknown_since", f"since_seq {sub.since_seq} is ahead of this feed ({head})", "since_seq")
+            since_seq = sub.since_seq
+        elif sub.since is not None:
             since_seq = await store.seq_of(client.tenant, sub.since)
             if since_seq is None:
                 return _error(
@@ -310,7 +322,10 @@ async def _handle(
         client.close_soon(CLOSE_UNAVAILABLE, "event store unavailable; try again")
         return None
     since = str(sub.since) if sub.since is not None else None
-    client.control({"op": "subscribed", "tenant": client.tenant, **flt.describe(), "since": since, "seq": start})
+    client.control(
+        {"op": "subscribed", "tenant": client.tenant, **flt.describe(), "since": since, "since_seq": sub.since_seq}
+        | {"seq": start}
+    )
     if since_seq is not None:
         tasks.append(asyncio.create_task(_guard(client, _replay(client, hub))))
     return None

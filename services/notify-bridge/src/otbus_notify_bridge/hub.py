@@ -19,7 +19,7 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 from otbus_notify_bridge import metrics
@@ -113,10 +113,12 @@ class Client:
     def push(self, batch: Batch) -> None:
         if self.closed:
             return
+        was_empty = not self._queue
         self._queue.append(batch)
         self._q_events += len(batch.events)
         self._q_bytes += batch.nbytes
-        if self._q_events > self.max_events or self._q_bytes > self.max_bytes:
+        # one read always fits an empty queue (a few large payloads may exceed the byte bound)
+        if not was_empty and (self._q_events > self.max_events or self._q_bytes > self.max_bytes):
             metrics.SLOW_CLOSES.inc()
             log.warning(
                 "closing a slow client of %s: %d events / %d bytes waiting", self.tenant, self._q_events, self._q_bytes
@@ -125,14 +127,28 @@ class Client:
             return
         self._ready.set()
 
-    def control(self, frame: dict[str, object]) -> None:
-        if not self.closed:
-            self._queue.append(json.dumps(frame, separators=(",", ":")))
-            self._ready.set()
+    def control(self, frame: Mapping[str, object]) -> None:
+        """Queues a control frame; they count toward the bounds (a client flooding pings that it
+        does not read is closed like any slow one)."""
+        if self.closed:
+            return
+        text = json.dumps(frame, separators=(",", ":"))
+        self._queue.append(text)
+        self._q_events += 1
+        self._q_bytes += len(text)
+        if self._q_events > self.max_events or self._q_bytes > self.max_bytes:
+            metrics.SLOW_CLOSES.inc()
+            self.close_soon(CLOSE_SLOW, "slow consumer: queue overflow; resume with since=<the last event id you got>")
+            return
+        self._ready.set()
 
-    async def wait_room(self) -> None:
-        """Until the queue is at most half full (the pace of a replay)."""
-        while not self.closed and (self._q_events > self.max_events // 2 or self._q_bytes > self.max_bytes // 2):
+    async def wait_room(self, nbytes: int = 0) -> None:
+        """Until the queue is at most half full and `nbytes` more fit, or it is empty (a replay's pace)."""
+        while (
+            not self.closed
+            and self._queue
+            and (self._q_events > self.max_events // 2 or self._q_bytes + nbytes > self.max_bytes)
+        ):
             self._drained.clear()
             await self._drained.wait()
 
@@ -167,7 +183,10 @@ class Client:
                 head = self._queue[0]
                 if isinstance(head, str):
                     self._queue.popleft()
+                    self._q_events -= 1
+                    self._q_bytes -= len(head)
                     await self._send(head)
+                    self._drained.set()
                     continue
                 batch = self._take_batch()
                 await self._send(batch.text())
@@ -339,7 +358,9 @@ class Hub:
             events = await self.store.fetch(client.tenant, client.cursor, self.fetch_batch, upto=target)
             matched = [e for e in events if client.filter.matches(e)]
             if matched:
-                client.push(Batch(matched, sum(len(e.json) for e in matched)))
+                batch = Batch(matched, sum(len(e.json) for e in matched))
+                await client.wait_room(batch.nbytes)  # never overflows: it waits for room
+                client.push(batch)
                 sent += len(matched)
                 metrics.REPLAYED.inc(len(matched))
             client.cursor = events[-1].seq if len(events) == self.fetch_batch else target

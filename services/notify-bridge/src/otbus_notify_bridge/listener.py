@@ -15,7 +15,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import psycopg
 from psycopg import AsyncConnection, sql
 
 from otbus_notify_bridge import metrics
@@ -73,7 +72,7 @@ class Listener:
                 log.info("listener connection reached max_connection_age_s; replacing it")
             except asyncio.CancelledError:
                 raise
-            except (psycopg.Error, OSError) as e:
+            except Exception as e:  # a database error, or a credentials provider that failed
                 self.last_error = f"{type(e).__name__}: {e}".strip()
                 if self.connected:
                     log.warning("listener connection lost (%s); reconnecting", self.last_error)

@@ -11,6 +11,7 @@ event with `seq` and `channel`), so a large payload is never parsed in Python.
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import inspect
 import logging
@@ -70,8 +71,9 @@ _HEAD = (
     " (SELECT max(seq) FROM otbus_relay_events WHERE tenant = %(t)s), 0)"
 )
 _SEQ_OF = (
-    "SELECT seq FROM otbus_events WHERE tenant = %(t)s AND event_id = %(id)s"
-    " UNION ALL SELECT seq FROM otbus_relay_events WHERE tenant = %(t)s AND event_id = %(id)s LIMIT 1"
+    "SELECT seq FROM otbus_events WHERE tenant = %(t)s AND event_id = %(id)s AND seq IS NOT NULL"
+    " UNION ALL SELECT seq FROM otbus_relay_events WHERE tenant = %(t)s AND event_id = %(id)s"
+    " ORDER BY 1 LIMIT 1"  # an id stored twice (other times): the earlier, so nothing is skipped
 )
 _MAX_SEQ = 2**63 - 1
 
@@ -98,9 +100,12 @@ class Credentials:
         if self.password_file is not None:
             kw["password"] = self.password_file.read_text().strip()
         elif self.provider is not None:
-            value = self.provider()
-            if inspect.isawaitable(value):
-                value = await value
+            if inspect.iscoroutinefunction(self.provider):
+                value = await self.provider()
+            else:  # e.g. an OAuth call: not on the event loop
+                value = await asyncio.to_thread(self.provider)
+                if inspect.isawaitable(value):
+                    value = await value
             kw["password"] = str(value)
         return kw
 

@@ -1,7 +1,8 @@
 // otbus live page: plain browser JavaScript, no build step.
 // Connects to the bridge's /ws with the token from ?token= (or the form), subscribes to every
 // channel, keeps the latest value of each tag in an ISA-95 tree, and resumes with since=<last
-// event id> after any disconnect, so nothing is missed while the bridge restarts.
+// event's seq> after any disconnect (since_seq), so nothing is missed while the bridge restarts,
+// even when no event had arrived yet.
 "use strict";
 (function () {
   const params = new URLSearchParams(location.search);
@@ -19,6 +20,7 @@
     received: 0,
     connects: 0,
     lastId: null,
+    lastSeq: null,       // where to resume: the last event's seq, or the subscription's start
     values: {},          // subject -> latest value
     seen: new Map(),     // event id -> Date.now() when shown (the last 20000)
     latencies: [],       // ms from event time to shown, last 10000
@@ -51,12 +53,12 @@
       setState("closed", "enter a token");
       return;
     }
-    setState(live.lastId ? "resuming" : "connecting");
+    setState(live.lastSeq !== null ? "resuming" : "connecting");
     ws = new WebSocket(wsUrl());
     ws.onopen = () => {
       live.connects += 1;
       const sub = { op: "subscribe" };
-      if (live.lastId) sub.since = live.lastId;
+      if (live.lastSeq !== null) sub.since_seq = live.lastSeq;
       ws.send(JSON.stringify(sub));
     };
     ws.onmessage = (m) => onFrame(JSON.parse(m.data));
@@ -82,9 +84,14 @@
   function onFrame(f) {
     if (f.op === "subscribed") {
       retry = 250;
+      if (live.lastSeq === null) live.lastSeq = f.seq;
       setState("live");
     } else if (f.op === "events") {
-      if (f.events.length) live.lastId = f.events[f.events.length - 1].id;
+      if (f.events.length) {
+        const last = f.events[f.events.length - 1];
+        live.lastId = last.id;
+        live.lastSeq = last.seq;
+      }
       pending.push(...f.events);
       if (!scheduled) {
         scheduled = true;
@@ -92,8 +99,8 @@
         setTimeout(render, 250);  // rAF does not run in hidden tabs
       }
     } else if (f.op === "error") {
-      if (f.code === "unknown_since") {  // the cursor is past retention: start afresh
-        live.lastId = null;
+      if (f.code === "unknown_since") {  // the cursor is not in this feed: start afresh
+        live.lastSeq = null;
         ws.send(JSON.stringify({ op: "subscribe" }));
       } else {
         console.warn("otbus bridge error", f);

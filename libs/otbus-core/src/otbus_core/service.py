@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import os
 import signal
@@ -26,6 +27,8 @@ T = TypeVar("T")
 
 def configure(prog: str, settings_cls: type[S], build: Callable[[S], T]) -> tuple[S, T]:
     """Load settings, set up logging and build the service; invalid config exits 2 naming the key."""
+    # `kill -USR1 <pid>` writes every thread's stack to stderr, also when the process is stuck
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
         settings = load_settings(settings_cls)
         configure_logging(settings.service_name, settings.log_level, settings.log_json)

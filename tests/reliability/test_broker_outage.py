@@ -56,7 +56,9 @@ def _status(adapter: Service) -> dict[str, Any]:
     return httpx.get(f"{adapter.url}/api/v1/status", timeout=5).json()  # type: ignore[no-any-return]
 
 
-def test_kafka_outage_loses_nothing_and_keeps_order(infra: Infra, tenant: str, tmp_path: Path) -> None:
+def test_kafka_outage_loses_nothing_and_keeps_order(
+    infra: Infra, tenant: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     sim = ModbusSimulator(free_port())
     sim.start()
     sources = tmp_path / "sources.yaml"
@@ -76,6 +78,7 @@ def test_kafka_outage_loses_nothing_and_keeps_order(infra: Infra, tenant: str, t
         free_port(),
     )
     normalizer.start()
+    request.addfinalizer(normalizer.stop)  # also when an assertion about the adapter fails
     adapter.start()
     try:
         wait_until(lambda: _status(adapter)["kafka"]["delivered_readings"] > 0, 30, "first deliveries")

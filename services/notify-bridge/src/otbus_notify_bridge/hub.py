@@ -67,6 +67,10 @@ class Batch:
     nbytes: int
     frame: str | None = None
 
+    @classmethod
+    def of(cls, events: list[FeedEvent]) -> Batch:
+        return cls(events, sum(len(e.json) for e in events))
+
     def text(self) -> str:
         if self.frame is None:
             self.frame = '{"op":"events","events":[' + ",".join(e.json for e in self.events) + "]}"
@@ -111,33 +115,28 @@ class Client:
 
     # -- queue ------------------------------------------------------------------------------
     def push(self, batch: Batch) -> None:
-        if self.closed:
-            return
-        was_empty = not self._queue
-        self._queue.append(batch)
-        self._q_events += len(batch.events)
-        self._q_bytes += batch.nbytes
         # one read always fits an empty queue (a few large payloads may exceed the byte bound)
-        if not was_empty and (self._q_events > self.max_events or self._q_bytes > self.max_bytes):
-            metrics.SLOW_CLOSES.inc()
-            log.warning(
-                "closing a slow client of %s: %d events / %d bytes waiting", self.tenant, self._q_events, self._q_bytes
-            )
-            self.close_soon(CLOSE_SLOW, "slow consumer: queue overflow; resume with since=<the last event id you got>")
-            return
-        self._ready.set()
+        self._enqueue(batch, len(batch.events), batch.nbytes, fits_when_empty=True)
 
     def control(self, frame: Mapping[str, object]) -> None:
         """Queues a control frame; they count toward the bounds (a client flooding pings that it
         does not read is closed like any slow one)."""
+        text = json.dumps(frame, separators=(",", ":"))
+        self._enqueue(text, 1, len(text), fits_when_empty=False)
+
+    def _enqueue(self, item: Chunk, events: int, nbytes: int, *, fits_when_empty: bool) -> None:
         if self.closed:
             return
-        text = json.dumps(frame, separators=(",", ":"))
-        self._queue.append(text)
-        self._q_events += 1
-        self._q_bytes += len(text)
-        if self._q_events > self.max_events or self._q_bytes > self.max_bytes:
+        was_empty = not self._queue
+        self._queue.append(item)
+        self._q_events += events
+        self._q_bytes += nbytes
+        over = self._q_events > self.max_events or self._q_bytes > self.max_bytes
+        if over and not (fits_when_empty and was_empty):
             metrics.SLOW_CLOSES.inc()
+            log.warning(
+                "closing a slow client of %s: %d events / %d bytes waiting", self.tenant, self._q_events, self._q_bytes
+            )
             self.close_soon(CLOSE_SLOW, "slow consumer: queue overflow; resume with since=<the last event id you got>")
             return
         self._ready.set()
@@ -212,10 +211,9 @@ class Client:
             self._queue.popleft()
             room = self.frame_max_events - len(events)
             if len(head.events) > room:
-                rest = head.events[room:]
-                rest_bytes = sum(len(e.json) for e in rest)
-                self._queue.appendleft(Batch(rest, rest_bytes))
-                head = Batch(head.events[:room], head.nbytes - rest_bytes)
+                rest = Batch.of(head.events[room:])
+                self._queue.appendleft(rest)
+                head = Batch(head.events[:room], head.nbytes - rest.nbytes)
             events.extend(head.events)
             nbytes += head.nbytes
         self._q_events -= len(events)
@@ -358,7 +356,7 @@ class Hub:
             events = await self.store.fetch(client.tenant, client.cursor, self.fetch_batch, upto=target)
             matched = [e for e in events if client.filter.matches(e)]
             if matched:
-                batch = Batch(matched, sum(len(e.json) for e in matched))
+                batch = Batch.of(matched)
                 await client.wait_room(batch.nbytes)  # never overflows: it waits for room
                 client.push(batch)
                 sent += len(matched)
@@ -420,11 +418,9 @@ class Hub:
                 continue
             batch = shared.get(c.filter)
             if batch is None:
-                matched = [e for e in events if c.filter.matches(e)]
-                batch = shared[c.filter] = Batch(matched, sum(len(e.json) for e in matched))
+                batch = shared[c.filter] = Batch.of([e for e in events if c.filter.matches(e)])
             if c.cursor >= first:  # it caught up past part of this read while replaying
-                mine = [e for e in batch.events if e.seq > c.cursor]
-                batch = Batch(mine, sum(len(e.json) for e in mine))
+                batch = Batch.of([e for e in batch.events if e.seq > c.cursor])
             if last > c.cursor:
                 c.cursor = last
             if batch.events:

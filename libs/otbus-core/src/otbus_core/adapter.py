@@ -432,6 +432,7 @@ class AdapterRuntime(Generic[SC]):
             "kafka": {
                 "delivered_readings": self.drainer.delivered_readings,
                 "in_flight": self.drainer.in_flight,
+                "already_delivered_records": self.drainer.skipped_resends,
                 "last_delivery": self.drainer.last_delivery,
                 "problem": self.drainer.problem(),
             },
@@ -474,6 +475,11 @@ class _Collector(Collector):
         yield CounterMetricFamily("otbus_adapter_dead_letters", "Messages sent to the DLQ", value=rt.dead_letters)
         yield CounterMetricFamily(
             "otbus_adapter_delivered_readings", "Readings Kafka acknowledged", value=rt.drainer.delivered_readings
+        )
+        yield CounterMetricFamily(
+            "otbus_adapter_resends_skipped_records",
+            "Spooled records found already in Kafka after a restart (acknowledged without sending again)",
+            value=rt.drainer.skipped_resends,
         )
         yield GaugeMetricFamily(
             "otbus_adapter_in_flight_records", "Records sent, not yet acknowledged", value=rt.drainer.in_flight

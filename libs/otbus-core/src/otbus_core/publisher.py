@@ -16,14 +16,14 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
-from confluent_kafka import KafkaError, Message
+from confluent_kafka import KafkaError, KafkaException, Message
 from confluent_kafka import Producer as _Producer
 
 from otbus_core.codec import AvroCodec
 from otbus_core.envelope import TYPE_RAW_READINGS, ce_headers, micros_to_rfc3339, now_micros
 from otbus_core.exceptions import TransientError
-from otbus_core.ids import uuid7, uuid7_block
-from otbus_core.kafka import admin_client, base_config
+from otbus_core.ids import uuid7, uuid7_block, uuid7_millis
+from otbus_core.kafka import admin_client, base_config, find_event_ids
 from otbus_core.producer import PRODUCER_DEFAULTS
 from otbus_core.raw import MAX_RECORD_BYTES, NONE, encode_in_chunks, pack_values
 from otbus_core.schemas import RAW_READING_BATCH
@@ -150,6 +150,12 @@ class SpoolDrainer:
         self.fatal: KafkaError | None = None
         self._inflight: OrderedDict[int, tuple[float, int, bool]] = OrderedDict()  # seq -> (sent, readings, done)
         self._next_seq = spool.acked
+        self._config = base_config(settings)
+        # Records left in the spool by an earlier process: the first of them may have reached
+        # Kafka without the acknowledgment reaching us (the broker went away, or we stopped).
+        self._check_resend = spool.depth_records > 0
+        self._already_sent: set[int] = set()  # spool seqs found in Kafka: acknowledged, not sent
+        self.skipped_resends = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="spool-drainer", daemon=True)
 
@@ -170,6 +176,8 @@ class SpoolDrainer:
 
     def _run(self) -> None:
         try:
+            if self._check_resend:
+                self._find_already_sent()
             while not self._stop.is_set() and self.fatal is None:
                 room = self.max_in_flight - len(self._inflight)
                 if room > 0:
@@ -192,6 +200,11 @@ class SpoolDrainer:
                 self._broker_down(str(e))
                 self._stop.wait(1.0)
         for seq, r in records:
+            if seq in self._already_sent:
+                self._already_sent.discard(seq)
+                self._inflight[seq] = (time.monotonic(), r.readings, True)
+                self._next_seq = seq + 1
+                continue
             self._inflight[seq] = (time.monotonic(), r.readings, False)
             cb = self._callback(seq)
             while True:
@@ -201,6 +214,47 @@ class SpoolDrainer:
                 except BufferError:
                     self.producer.poll(0.05)
             self._next_seq = seq + 1
+
+    def _find_already_sent(self) -> None:
+        """Find which of the first spooled records an earlier process already got into Kafka.
+
+        Those were in flight when it stopped: written by the broker, acknowledgment lost. The
+        idempotent producer cannot recognise them across processes, so they are looked up by
+        event id (a UUIDv7, so its time bounds where to look) and acknowledged without
+        sending. Waits for the broker; if it cannot look, it sends them (at least once).
+        """
+        window = self.spool.read(self.max_in_flight)
+        self.spool.rewind()
+        by_id: dict[bytes, int] = {}
+        for seq, r in window:
+            ce_id = next((v for k, v in r.headers if k == "ce_id"), None)
+            if ce_id is not None:
+                by_id[ce_id] = seq
+        if not by_id:
+            return
+        since_ms = min(uuid7_millis(i.decode()) for i in by_id) - 60_000  # allow for clock steps
+        topics = {r.topic for _, r in window}
+        delay = 0.5
+        while not self._stop.is_set():
+            try:
+                found, complete = find_event_ids(self._config, topics, by_id.keys(), since_ms)
+                break
+            except KafkaException as e:
+                self._broker_down(str(e))
+                self._stop.wait(delay)
+                delay = min(10.0, delay * 2)
+        else:
+            return
+        if not complete:
+            log.warning("could not read all of %s since the spool's oldest record; some may be sent twice", topics)
+        self._already_sent = {by_id[i] for i in found}
+        self.skipped_resends = len(found)
+        if found:
+            log.info(
+                "%d of the %d oldest spooled records already reached Kafka before the restart; not sent again",
+                len(found),
+                len(window),
+            )
 
     def _callback(self, seq: int) -> Any:
         def done(err: KafkaError | None, msg: Message) -> None:

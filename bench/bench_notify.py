@@ -391,7 +391,7 @@ def browser_run(inf: Infra, svc: Service, token: str, tenant: str, rate: float, 
     if chromium is None:
         raise RuntimeError("no chromium (apt-get install chromium)")
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
         page = browser.new_page(viewport={"width": 1400, "height": 900})
         page.goto(f"{svc.url}/?token={token}")
         page.wait_for_function("window.otbusLive && window.otbusLive.state === 'live'", timeout=15_000)
@@ -399,10 +399,18 @@ def browser_run(inf: Infra, svc: Service, token: str, tenant: str, rate: float, 
             n, secs = load.result(seconds + 60)
         page.wait_for_function(f"window.otbusLive.received >= {n}", timeout=30_000)
         lat = page.evaluate("window.otbusLive.latencies")  # ms, shown - event time, the last 10,000
+        wire = page.evaluate("window.otbusLive.arrivals")  # ms, frame arrived - event time
         received = page.evaluate("window.otbusLive.received")
         browser.close()
     out = _lat_summary([x / 1000 for x in lat])
-    out.update(inserted=n, received=received, achieved_rate=round(n / secs, 1))
+    arrived = _lat_summary([x / 1000 for x in wire])
+    out.update(
+        inserted=n,
+        received=received,
+        achieved_rate=round(n / secs, 1),
+        arrived_p50_ms=arrived["p50_ms"],
+        arrived_p99_ms=arrived["p99_ms"],
+    )
     return out
 
 
@@ -443,6 +451,9 @@ def run(inf: Infra) -> list[Entry]:
     try:
         b = browser_run(inf, svc, token, tenant, rate, per_tx, seconds)
         log(f"notify: browser {b}")
+        # the same page at a fifth of the rate: where the page's own drawing stops being the limit
+        b["at_200_per_s"] = browser_run(inf, svc, token, tenant, 200, per_tx, seconds)
+        log(f"notify: browser at 200 events/s {b['at_200_per_s']}")
         ok = b["p99_ms"] is not None and b["p99_ms"] < 50 and b["received"] >= b["inserted"]
         entries.append(
             Entry(

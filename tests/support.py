@@ -157,6 +157,9 @@ class Service:
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
+                # stuck: every thread's stack goes to its log (faulthandler, see otbus_core.service)
+                self.proc.send_signal(signal.SIGUSR1)
+                time.sleep(1.0)
                 self.proc.kill()
                 self.proc.wait(10)
         return self.proc.returncode

@@ -68,7 +68,7 @@ def test_live_page_shows_values_and_reconnects(live: tuple[Stack, Service]) -> N
         return time.monotonic() - t0
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
         page = browser.new_page(viewport={"width": 1400, "height": 800})
         page.goto(f"{bridge.url}/?token={stack.keys[tenant]}")
         page.wait_for_function("window.otbusLive && window.otbusLive.state === 'live'", timeout=15_000)

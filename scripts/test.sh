@@ -27,6 +27,14 @@ if ! command -v chromium >/dev/null 2>&1; then  # the live page is tested in a r
     >/dev/null 2>&1 || { echo "test: could not install chromium (Debian package) for the live page test" >&2; exit 1; }
 fi
 
+# the Helm chart is rendered by Helm itself (tests/deploy); built from source with Go when absent
+HELM_VERSION=v3.16.4
+if ! command -v helm >/dev/null 2>&1 && [[ ! -x .otbus/tools/bin/helm ]]; then
+  echo "test: building helm $HELM_VERSION (go install) for the chart test" >&2
+  GOBIN="$PWD/.otbus/tools/bin" go install "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" >/dev/null 2>&1 ||
+    { echo "test: could not build helm $HELM_VERSION with go install" >&2; exit 1; }
+fi
+
 started=()
 for c in kafka postgres mosquitto; do
   bash deploy/local/infra.sh status "$c" >/dev/null 2>&1 || started+=("$c")

@@ -105,3 +105,50 @@ def test_poison_is_isolated_and_everything_else_arrives_once(
         assert max(got.values()) == 1, [v for v, n in got.items() if n > 1][:5]
     assert runner.failing_since is None and runner.last_error is None
     runner.check_ready()  # recovered
+
+
+def test_a_fenced_transactional_producer_is_replaced_and_nothing_is_lost_or_doubled(
+    infra: Infra, tenant: str, source: str
+) -> None:
+    """Another producer with the runner's transactional id fences it (a fatal error for the
+    runner's producer, as a transaction the broker could not end leaves it): the runner
+    replaces its producer, consumes the batch again, and every output is committed once."""
+    settings = OtbusSettings(kafka_bootstrap=infra.kafka_bootstrap, metadata_refresh_ms=1000)
+    handler = Handler(tenant)
+    group = f"g-{uuid.uuid4().hex[:8]}"
+    config = RunnerConfig(
+        stage="test-runner",
+        group_id=group,
+        topics=[source],
+        transactional=True,
+        batch_size=50,
+        backoff_initial=0.05,
+        backoff_max=0.2,
+        instance_id="fenced",
+    )
+    runner = ConsumerRunner(settings, config, handler, AvroCodec())
+    th = threading.Thread(target=runner.run)
+    th.start()
+    try:
+        first = [f"a{i}".encode() for i in range(100)]
+        _produce(infra, source, tenant, first)
+        wait_until(lambda: set(handler.seen) >= set(first), 60, "the first records handled")
+        # a zombie (or a restarted twin) takes over the transactional id
+        twin = Producer({"bootstrap.servers": infra.kafka_bootstrap, "transactional.id": f"{group}-fenced"})
+        twin.init_transactions(30)
+        second = [f"b{i}".encode() for i in range(100)]
+        _produce(infra, source, tenant, second)
+        expected = set(first) | set(second)
+        copies = wait_until(
+            lambda: (c := read_topic(infra.kafka_bootstrap, handler.out)) and len(c) >= len(expected) and c,
+            60,
+            "the copies of both rounds",
+        )
+    finally:
+        runner.stop()
+        th.join(30)
+    assert not th.is_alive(), "the runner stopped"
+    assert runner.producer_renewals == 1
+    got = Counter(m.value() for m in copies)
+    assert set(got) == expected
+    assert max(got.values()) == 1, [v for v, n in got.items() if n > 1][:5]

@@ -107,18 +107,23 @@ class ConsumerRunner:
         self._attempts: dict[tuple[str, int, int], int] = {}
         self._paused: list[TopicPartition] = []
         self._resume_at = 0.0
-        txn_id = f"{config.group_id}-{config.instance_id}" if config.transactional else None
-        self.producer = Producer(
-            settings,
-            transactional_id=txn_id,
-            sensor=self.sensor,
-            **{"delivery.report.only.error": True, **({"linger.ms": 2} if config.transactional else {})},
-        )
+        self._txn_id = f"{config.group_id}-{config.instance_id}" if config.transactional else None
+        self.producer = self._new_producer()
+        self.producer_renewals = 0
+        self._renewed_at = -float("inf")
         self.topics = TopicProvisioner(
             admin_client(settings),
             partitions=settings.topic_partitions,
             replication_factor=settings.topic_replication_factor,
             retention_ms=settings.topic_retention_ms,
+        )
+
+    def _new_producer(self) -> Producer:
+        return Producer(
+            self.settings,
+            transactional_id=self._txn_id,
+            sensor=self.sensor,
+            **{"delivery.report.only.error": True, **({"linger.ms": 2} if self._txn_id else {})},
         )
 
     # -- lifecycle ----------------------------------------------------------------
@@ -314,10 +319,11 @@ class ConsumerRunner:
         except TransientError as e:
             self._schedule_retry(consumer, rewind, "transient", e)
             raise _Retry from e
-        except KafkaException as e:
-            if e.args and e.args[0].fatal():
+        except (KafkaException, FatalError) as e:
+            fatal = isinstance(e, FatalError) or (e.args and e.args[0].fatal())
+            if fatal and not self._renew_producer(e):
                 raise
-            self._schedule_retry(consumer, rewind, "kafka", e)
+            self._schedule_retry(consumer, rewind, "producer" if fatal else "kafka", e)
             raise _Retry from e
         self.failing_since = None
         self.last_error = None
@@ -335,6 +341,30 @@ class ConsumerRunner:
         except BaseException:
             self._abort()
             raise
+
+    def _renew_producer(self, error: BaseException) -> bool:
+        """Replace a transactional producer that failed for good, as a restart would.
+
+        A transaction the broker could not end while it was away can leave the producer in a
+        fatal state (e.g. INVALID_TXN_STATE on the abort). The new producer has the same
+        transactional id: its init_transactions fences the old one and aborts whatever it left
+        open, and the batch is consumed again from its first offsets, so exactly once holds.
+        Returns False (the process must restart) outside transactions, while stopping, or when
+        the last renewal was less than a minute ago (another instance keeps fencing this one).
+        """
+        now = time.monotonic()
+        if self._txn_id is None or self._stop.is_set() or now - self._renewed_at < 60:
+            return False
+        log.error("%s: the transactional producer failed for good (%s); replacing it", self.config.stage, error)
+        self._renewed_at = now
+        self.producer_renewals += 1
+        old, self.producer = self.producer, self._new_producer()
+        try:
+            old.raw.purge()
+        except KafkaException as e:
+            log.info("purge of the failed producer: %s", e)
+        self._retrying("init_transactions", lambda: self.producer.raw.init_transactions(30))
+        return not self._stop.is_set()
 
     def _commit_transaction(self) -> None:
         while True:

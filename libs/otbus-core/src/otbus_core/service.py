@@ -15,9 +15,10 @@ import uvicorn
 
 from otbus_core.exceptions import ConfigError
 from otbus_core.logs import configure_logging
+from otbus_core.ops import install_stop_signals
 from otbus_core.settings import OtbusSettings, load_settings
 
-__all__ = ["configure", "main_http", "start_worker"]
+__all__ = ["configure", "main_http", "run_worker", "start_worker"]
 
 log = logging.getLogger(__name__)
 
@@ -78,3 +79,34 @@ def start_worker(target: Callable[[], None], name: str) -> threading.Thread:
     th = threading.Thread(target=guarded, name=name, daemon=True)
     th.start()
     return th
+
+
+def run_worker(target: Callable[[], None], stop: Callable[[], None], name: str, grace: float = 90.0) -> int:
+    """Run `target` in a worker thread until SIGTERM/SIGINT (or until it ends), then `stop()` it.
+
+    The main thread only waits, so a signal is always handled at once, even while the
+    worker sits in a long call into a C library. A worker that has not finished `grace`
+    seconds after `stop()` is stuck: every thread's stack is logged. Returns the exit code:
+    1 when the worker was stuck or died of an error (a supervisor should restart), else 0.
+    """
+    stopping = threading.Event()
+    failed = threading.Event()
+
+    def watched() -> None:
+        try:
+            target()
+        except BaseException:
+            failed.set()
+            raise
+
+    install_stop_signals(stopping.set)
+    th = start_worker(watched, name)
+    while not stopping.wait(1.0) and th.is_alive():
+        pass
+    stop()
+    th.join(grace)
+    if th.is_alive():
+        log.error("%s did not stop within %.0fs after being asked to; thread stacks follow", name, grace)
+        faulthandler.dump_traceback(all_threads=True)
+        return 1
+    return 1 if failed.is_set() else 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import sys
 
@@ -11,9 +12,9 @@ from fastapi import FastAPI
 from otbus_core.codec import AvroCodec
 from otbus_core.kafka import admin_client, kafka_reachable
 from otbus_core.metrics import PrometheusSensor
-from otbus_core.ops import OpsServer, install_stop_signals, ops_router
+from otbus_core.ops import OpsServer, ops_router
 from otbus_core.runner import ConsumerRunner, RunnerConfig
-from otbus_core.service import configure
+from otbus_core.service import configure, run_worker
 from otbus_core.topics import raw_topics_pattern
 from otbus_normalizer.config import NormalizerSettings
 from otbus_normalizer.handler import STAGE, NormalizerHandler
@@ -45,12 +46,14 @@ def main() -> int:
     app.include_router(ops_router(checks, alive=runner.healthy))
     ops = OpsServer(app, settings.host, settings.port)
     ops.start()
-    install_stop_signals(runner.stop)
     log.info("normalizer started; ops on http://%s:%d", settings.host, settings.port)
     try:
-        runner.run()
+        code = run_worker(runner.run, runner.stop, "normalizer-consumer")
     finally:
         ops.stop()
+    if code:
+        log.error("normalizer stopped uncleanly (exit %d): an open transaction is aborted by the broker", code)
+        os._exit(code)  # the stuck thread would hold up a normal exit
     log.info("normalizer stopped")
     return 0
 

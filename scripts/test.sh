@@ -9,6 +9,18 @@ export PATH="$HOME/.local/bin:$PATH"
 
 bash scripts/bootstrap.sh
 
+# The Helm chart is rendered by Helm itself (tests/deploy). Debian has no helm package: it is
+# built from source with Go, in the background while the checks below run.
+HELM_VERSION=v3.16.4
+helm_build=""
+if ! command -v helm >/dev/null 2>&1 && [[ ! -x .otbus/tools/bin/helm ]]; then
+  echo "test: building helm $HELM_VERSION (go install) in the background for the chart test" >&2
+  mkdir -p .otbus/tools
+  (GOBIN="$PWD/.otbus/tools/bin" go install "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" >.otbus/tools/helm-build.log 2>&1) &
+  helm_build=$!
+  trap 'kill "$helm_build" 2>/dev/null || true' EXIT  # a failed check does not leave it running
+fi
+
 echo "== lint, format, types"
 uv run ruff check .
 uv run ruff format --check .
@@ -27,19 +39,12 @@ if ! command -v chromium >/dev/null 2>&1; then  # the live page is tested in a r
     >/dev/null 2>&1 || { echo "test: could not install chromium (Debian package) for the live page test" >&2; exit 1; }
 fi
 
-# the Helm chart is rendered by Helm itself (tests/deploy); built from source with Go when absent
-HELM_VERSION=v3.16.4
-if ! command -v helm >/dev/null 2>&1 && [[ ! -x .otbus/tools/bin/helm ]]; then
-  echo "test: building helm $HELM_VERSION (go install) for the chart test" >&2
-  GOBIN="$PWD/.otbus/tools/bin" go install "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" >/dev/null 2>&1 ||
-    { echo "test: could not build helm $HELM_VERSION with go install" >&2; exit 1; }
-fi
-
 started=()
 for c in kafka postgres mosquitto; do
   bash deploy/local/infra.sh status "$c" >/dev/null 2>&1 || started+=("$c")
 done
 cleanup() {
+  [[ -z $helm_build ]] || kill "$helm_build" 2>/dev/null || true
   if [[ ${CI:-} == true && ${#started[@]} -gt 0 ]]; then
     bash deploy/local/infra.sh stop "${started[@]}" || true
     bash deploy/local/registry/registry.sh stop >/dev/null 2>&1 || true
@@ -47,6 +52,11 @@ cleanup() {
 }
 trap cleanup EXIT
 bash deploy/local/infra.sh start
+
+if [[ -n $helm_build ]] && ! wait "$helm_build"; then
+  echo "test: could not build helm $HELM_VERSION (see .otbus/tools/helm-build.log)" >&2
+  exit 1
+fi
 
 echo "== tests"
 uv run pytest "$@"

@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 import yaml
-
-from otbus_core.sources import SourceStore
 from otbus_ingest_modbus.config import ModbusSource
 from otbus_ingest_mqtt.config import MqttSource
 from otbus_ingest_opcua.config import OpcUaSource
+
+from otbus_core.sources import SourceStore
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "deploy" / "helm" / "otbus"
@@ -31,7 +31,11 @@ SERVICES = {
     "ingest-mqtt": 8092,
     "ingest-modbus": 8093,
 }
-ADAPTERS = {"ingestOpcua": ("opcua", OpcUaSource), "ingestMqtt": ("mqtt", MqttSource), "ingestModbus": ("modbus", ModbusSource)}
+ADAPTERS = {
+    "ingestOpcua": ("opcua", OpcUaSource),
+    "ingestMqtt": ("mqtt", MqttSource),
+    "ingestModbus": ("modbus", ModbusSource),
+}
 
 
 def _helm() -> str:
@@ -44,13 +48,17 @@ def _helm() -> str:
     return found
 
 
-def _run(*args: str, sets: list[str] = REQUIRED, values: dict[str, Any] | None = None) -> subprocess.CompletedProcess[str]:
+def _run(
+    *args: str, sets: list[str] = REQUIRED, values: dict[str, Any] | None = None
+) -> subprocess.CompletedProcess[str]:
     argv = [_helm(), *args, str(CHART)]
     for s in sets:
         argv += ["--set", s]
     if values is not None:
         argv += ["-f", "-"]
-    return subprocess.run(argv, input=json.dumps(values) if values else None, text=True, capture_output=True, timeout=120)
+    return subprocess.run(
+        argv, input=json.dumps(values) if values else None, text=True, capture_output=True, timeout=120
+    )
 
 
 def _render(values: dict[str, Any] | None = None, sets: list[str] = REQUIRED) -> list[dict[str, Any]]:
@@ -134,13 +142,23 @@ def test_adapters_get_their_sources_a_volume_and_one_replica(tmp_path: Path) -> 
 def test_zerobus_sink_embedded_emulator_or_databricks() -> None:
     local = {d["metadata"]["name"]: d for d in _render() if d["metadata"]["name"].startswith("otbus-zerobus-sink")}
     assert "otbus-zerobus-sink-state" in local  # the emulator's Delta tables are kept on a volume
-    env = {e["name"]: e.get("value") for e in local["otbus-zerobus-sink"]["spec"]["template"]["spec"]["containers"][0]["env"]}
+    env = {
+        e["name"]: e.get("value")
+        for e in local["otbus-zerobus-sink"]["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
     assert env["OTBUS_DATA_DIR"] == "/var/lib/otbus/delta" and "OTBUS_ZEROBUS_ENDPOINT" not in env
 
     remote = _render(
-        {"zerobusSink": {"enabled": True, "port": 8083, "replicas": 3, "credentialsSecret": "sp",
-                         "endpoint": "1234567890.zerobus.us-west-2.cloud.databricks.com",
-                         "workspaceUrl": "https://dbc-1234.cloud.databricks.com"}}
+        {
+            "zerobusSink": {
+                "enabled": True,
+                "port": 8083,
+                "replicas": 3,
+                "credentialsSecret": "sp",
+                "endpoint": "1234567890.zerobus.us-west-2.cloud.databricks.com",
+                "workspaceUrl": "https://dbc-1234.cloud.databricks.com",
+            }
+        }
     )
     dep = next(d for d in remote if d["kind"] == "Deployment" and d["metadata"]["name"] == "otbus-zerobus-sink")
     pod = dep["spec"]["template"]["spec"]

@@ -60,7 +60,9 @@ def _write(path: Path, cert: x509.Certificate | None = None, key: Any = None) ->
         path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     else:
         path.write_bytes(
-            key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
         )
     return path
 

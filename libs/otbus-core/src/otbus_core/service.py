@@ -33,6 +33,7 @@ def configure(prog: str, settings_cls: type[S], build: Callable[[S], T]) -> tupl
     try:
         settings = load_settings(settings_cls)
         configure_logging(settings.service_name, settings.log_level, settings.log_json)
+        sys.setswitchinterval(settings.switch_interval_ms / 1000)
         return settings, build(settings)
     except ConfigError as e:
         print(f"{prog}: {e}", file=sys.stderr)  # noqa: T201

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any, TypeVar
 
-from pydantic import ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from otbus_core.exceptions import ConfigError
@@ -26,6 +26,8 @@ class OtbusSettings(BaseSettings):
     port: int = 8080
     log_level: str = "INFO"
     log_json: bool = True
+    switch_interval_ms: float = Field(5.0, gt=0, le=100)
+    """How long Python lets one thread run before another may take over (sys.setswitchinterval)."""
 
     kafka_bootstrap: str = "127.0.0.1:19092"
     kafka_config: dict[str, str] = {}

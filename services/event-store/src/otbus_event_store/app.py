@@ -2,7 +2,6 @@
 
 import logging
 import socket
-import sys
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -39,7 +38,6 @@ def _sqlalchemy_url(url: str) -> str:
 
 
 def create_app(settings: EventStoreSettings) -> FastAPI:
-    sys.setswitchinterval(settings.switch_interval_ms / 1000)
     tokens = settings.token_map()
     codec = AvroCodec(schema_registry_url=settings.schema_registry_url)
     admin = admin_client(settings)

@@ -28,8 +28,7 @@ class EventStoreSettings(DatabaseSettings):
     """Events per offset commit, at most (written as COPYs of 1,000 while the next ones are made).
     Only a backlog fills a batch; at a steady rate a batch is what arrived since the last one."""
     switch_interval_ms: float = Field(0.5, gt=0, le=100)
-    """How long Python lets one thread run before another may take over (sys.setswitchinterval).
-    Python's 5 ms let the decoding thread starve the COPY thread between two socket writes, so
+    """Python's 5 ms let the decoding thread starve the COPY thread between two socket writes, so
     PostgreSQL sat idle; 0.5 ms keeps both busy (about 1.3x the rows per second, see bench/)."""
     batch_timeout_ms: int = Field(100, ge=1)
     """How long to wait for the first record of a batch (a batch never waits for more)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -195,3 +196,51 @@ sources:
     finally:
         adapter.stop()
         sim.stop()
+
+
+def test_sign_only_aes128_subscriptions_with_absolute_deadbands(
+    infra: Infra, tenant: str, tmp_path: Path, normalizer: Service
+) -> None:
+    """Messages signed, not encrypted (Aes128Sha256RsaOaep, Sign), and each source's absolute
+    deadband applied by the server to its monitored items. The simulator's server (asyncua)
+    compares each sample with the previous one: a counter stepping by 1 passes a deadband of
+    0.5 on every step and never passes one of 2.5 (only the initial value is sent)."""
+    sim = OpcUaSimulator(
+        free_port(), "--tags", "4", "--security", "sign", "--interval", "0.1", "--pki", str(tmp_path / "pki")
+    )
+    sim.start()
+    common = f"""
+    protocol: opcua
+    endpoint: "{sim.endpoint}"
+    security_mode: Sign
+    security_policy: Aes128Sha256RsaOaep
+    publishing_interval_ms: 50
+    sampling_interval_ms: 0
+    nodes: ["Plant1/Static/Counter"]"""
+    adapter = _adapter(
+        infra,
+        tenant,
+        tmp_path,
+        f"""
+sources:
+  - name: fine{common}
+    deadband: {{type: absolute, value: 0.5}}
+  - name: coarse{common}
+    deadband: {{type: absolute, value: 2.5}}
+""",
+    )
+    adapter.start()
+
+    def counter(source: str) -> list[Any]:
+        return [r["value"] for r in _tags(infra, tenant) if r["source_id"] == source]
+
+    try:
+        wait_until(lambda: len(counter("fine")) >= 20, 60, "twenty counter readings over a signed channel")
+        shown = httpx.get(f"{adapter.url}/api/v1/sources/fine", timeout=5).json()
+    finally:
+        adapter.stop()
+        sim.stop()
+    fine, coarse = counter("fine"), counter("coarse")
+    assert {b - a for a, b in itertools.pairwise(fine)} == {1}, fine[:20]
+    assert len(coarse) == 1, f"a deadband of 2.5 let through {coarse[:20]}"
+    assert shown["security_mode"] == "Sign" and shown["security_policy"] == "Aes128Sha256RsaOaep"

@@ -141,15 +141,13 @@ def test_kafka_outage_loses_nothing_and_keeps_order(
     try:
         tags = wait_until(all_normalized, 90, "every reading normalized")
     except TimeoutError:
-        # Known and not yet fixed: now and then the normalizer hangs after the outage (its log
-        # stops, it no longer even answers SIGTERM). Everything above (the adapter's contract) was
-        # checked strictly; the thread stacks go into the reason so the hang can be diagnosed.
+        # the normalizer's thread stacks go into the failure, to show where it stands
         assert normalizer.proc is not None
-        normalizer.proc.send_signal(signal.SIGUSR1)
-        time.sleep(1.0)
-        stacks = [ln for ln in normalizer.log_tail(400).splitlines() if not ln.startswith("{")]
-        normalizer.stop()
-        pytest.xfail("normalizer hung after the Kafka outage; its threads:\n" + "\n".join(stacks[-60:]))
+        if normalizer.proc.poll() is None:
+            normalizer.proc.send_signal(signal.SIGUSR1)
+            time.sleep(1.0)
+        lines = [ln for ln in normalizer.log_tail(400).splitlines() if not ln.startswith("{") or "ERROR" in ln]
+        pytest.fail("not every reading was normalized; the normalizer's last words:\n" + "\n".join(lines[-60:]))
     finally:
         normalizer.stop()
     mine = [r for r in tags if r["tag_name"] == "update_counter"]

@@ -5,7 +5,9 @@ returns an `Outcome` (records to produce, records to dead-letter). Two modes:
 
 * transactional (consume-transform-produce, exactly once): outputs, dead letters and
   the consumed offsets go into one Kafka transaction; on any failure the transaction
-  is aborted and the batch is consumed again from its first offsets.
+  is aborted and the batch is consumed again from its first offsets. When the transaction
+  cannot be ended (a fatal producer error, or a commit whose outcome is unknown) the
+  producer is replaced and the partitions go back to their committed offsets.
 * sink: the handler makes its effect durable itself (a database commit) before it
   returns; the runner then produces the dead letters, waits for their acks and only
   then commits the offsets. A redelivered batch must therefore be harmless (the sinks
@@ -34,7 +36,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from otbus_core.codec import AvroCodec
 from otbus_core.dlq import dead_letter_from_message, encode_dead_letter
@@ -320,10 +322,12 @@ class ConsumerRunner:
             self._schedule_retry(consumer, rewind, "transient", e)
             raise _Retry from e
         except (KafkaException, FatalError) as e:
-            fatal = isinstance(e, FatalError) or (e.args and e.args[0].fatal())
-            if fatal and not self._renew_producer(e):
-                raise
-            self._schedule_retry(consumer, rewind, "producer" if fatal else "kafka", e)
+            if isinstance(e, FatalError) or (e.args and e.args[0].fatal()):
+                if not self._renew_producer(consumer, e):
+                    raise
+                self.sensor.on_retry("producer")
+                raise _Retry from e  # the partitions are at their committed offsets again
+            self._schedule_retry(consumer, rewind, "kafka", e)
             raise _Retry from e
         self.failing_since = None
         self.last_error = None
@@ -337,18 +341,45 @@ class ConsumerRunner:
         try:
             self._produce(outcome_of())
             p.send_offsets_to_transaction(_next_offsets(batch), consumer.consumer_group_metadata(), 30)
-            self._commit_transaction()
         except BaseException:
             self._abort()
             raise
+        try:
+            p.commit_transaction(30)
+        except KafkaException as e:
+            err = e.args[0]
+            if err.txn_requires_abort():
+                self._abort()
+                raise
+            # Timed out (or worse): committed or not, only a new producer can tell. Calling
+            # commit_transaction again to resume it can block for good once the broker was
+            # away, so the producer is replaced instead (see _renew_producer).
+            raise FatalError(f"commit_transaction failed: {err}; the transaction's outcome is unknown") from e
 
-    def _renew_producer(self, error: BaseException) -> bool:
-        """Replace a transactional producer that failed for good, as a restart would.
+    def _abort(self) -> None:
+        delay = self.config.backoff_initial
+        for _ in range(5):
+            try:
+                self.producer.raw.abort_transaction(30)
+                return
+            except KafkaException as e:
+                err = e.args[0]
+                if err.fatal() or not err.retriable() or err.code() == KafkaError._CONFLICT:
+                    raise FatalError(f"abort_transaction failed: {err}") from e
+                log.warning("abort_transaction: %s; retrying in %.1fs", err, delay)
+                time.sleep(delay)
+                delay = min(self.config.backoff_max, delay * 2)
+        raise FatalError("the transaction could not be aborted")
 
-        A transaction the broker could not end while it was away can leave the producer in a
-        fatal state (e.g. INVALID_TXN_STATE on the abort). The new producer has the same
-        transactional id: its init_transactions fences the old one and aborts whatever it left
-        open, and the batch is consumed again from its first offsets, so exactly once holds.
+    def _renew_producer(self, consumer: Consumer, error: BaseException) -> bool:
+        """Replace a transactional producer whose transaction failed for good, as a restart would.
+
+        A transaction the broker lost while it was away can leave the producer in a fatal state
+        (e.g. INVALID_TXN_STATE on the abort) or its commit unknown (timed out). The new
+        producer has the same transactional id: its init_transactions fences the old one and
+        settles what it left open (commits a commit under way, aborts the rest). Then every
+        assigned partition goes back to its committed offset, so a batch whose commit did land
+        is not consumed again and one whose commit did not is: exactly once holds.
         Returns False (the process must restart) outside transactions, while stopping, or when
         the last renewal was less than a minute ago (another instance keeps fencing this one).
         """
@@ -364,33 +395,19 @@ class ConsumerRunner:
         except KafkaException as e:
             log.info("purge of the failed producer: %s", e)
         self._retrying("init_transactions", lambda: self.producer.raw.init_transactions(30))
+        self._retrying("rewind to the committed offsets", lambda: self._rewind_to_committed(consumer))
         return not self._stop.is_set()
 
-    def _commit_transaction(self) -> None:
-        while True:
-            try:
-                self.producer.raw.commit_transaction(30)
-                return
-            except KafkaException as e:
-                err = e.args[0]
-                if err.retriable() and not err.txn_requires_abort():
-                    log.warning("commit_transaction: %s; retrying", err)
-                    continue
-                raise
-
-    def _abort(self) -> None:
-        delay = self.config.backoff_initial
-        for _ in range(10):
-            try:
-                self.producer.raw.abort_transaction(30)
-                return
-            except KafkaException as e:
-                if e.args[0].fatal() or not e.args[0].retriable():
-                    raise
-                log.warning("abort_transaction: %s; retrying in %.1fs", e, delay)
-                time.sleep(delay)
-                delay = min(self.config.backoff_max, delay * 2)
-        raise FatalError("the transaction could not be aborted; restarting is the way out")
+    def _rewind_to_committed(self, consumer: Consumer) -> None:
+        parts = consumer.assignment()
+        if not parts:
+            return
+        for tp in consumer.committed(parts, timeout=30):
+            offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING  # nothing committed: auto.offset.reset
+            consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
+            self.committed.pop((tp.topic, tp.partition), None)
+        if self._paused:
+            self._resume(consumer)
 
     def _sink(self, consumer: Consumer, batch: list[Message], outcome_of: Callable[[], Outcome]) -> None:
         outcome = outcome_of()

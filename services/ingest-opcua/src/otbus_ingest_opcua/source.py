@@ -9,7 +9,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
+import shutil
 import socket
+import tempfile
 from collections.abc import Sequence
 from contextlib import suppress
 from datetime import datetime
@@ -20,10 +23,13 @@ from asyncua import Client, Node, ua
 from asyncua.crypto import security_policies as sp
 from asyncua.crypto.cert_gen import setup_self_signed_certificate
 from asyncua.ua.uaerrors import UaError
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from otbus_core.adapter import SourceContext
 from otbus_core.envelope import now_micros
+from otbus_core.exceptions import ConfigError
 from otbus_core.publisher import Reading
 from otbus_core.sources import resolve_secret
 from otbus_ingest_opcua.config import OpcUaSource
@@ -78,6 +84,41 @@ class _Point:
         self.node, self.tag = node, tag
 
 
+_CERT_LOCK = asyncio.Lock()
+
+
+async def _make_client_certificate(key: Path, cert: Path, uri: str) -> None:
+    """Key and certificate made side by side, then moved into place, the certificate last:
+    its presence means the pair is complete, also after a crash half way."""
+    key.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=key.parent, prefix=".new-"))
+    try:
+        await setup_self_signed_certificate(
+            tmp / key.name,
+            tmp / cert.name,
+            uri,
+            socket.gethostname(),
+            [ExtendedKeyUsageOID.CLIENT_AUTH],
+            {"commonName": "otbus ingest-opcua", "organizationName": "otbus"},
+        )
+        os.replace(tmp / key.name, key)
+        os.replace(tmp / cert.name, cert)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _check_pair(key: Path, cert: Path) -> None:
+    """The client key and certificate belong together (else every server refuses the channel)."""
+    try:
+        public = x509.load_der_x509_certificate(cert.read_bytes()).public_key()
+        private = serialization.load_pem_private_key(key.read_bytes(), password=None)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"client certificate {cert} or key {key} cannot be read: {e}") from None
+    fmt = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    if public.public_bytes(*fmt) != private.public_key().public_bytes(*fmt):
+        raise ConfigError(f"client key {key} does not belong to the certificate {cert}; delete both to make a new pair")
+
+
 class OpcUaReader:
     def __init__(self, cfg: OpcUaSource, home: Path) -> None:
         self.cfg = cfg
@@ -103,17 +144,11 @@ class OpcUaReader:
         pki = self.home / "pki"
         cert, key = pki / "client_cert.der", pki / "client_key.pem"
         uri = f"urn:otbus:ingest-opcua:{socket.gethostname()}"
-        if not cert.exists():  # the client's own certificate, made on first start
-            pki.mkdir(parents=True, exist_ok=True)
-            await setup_self_signed_certificate(
-                key,
-                cert,
-                uri,
-                socket.gethostname(),
-                [ExtendedKeyUsageOID.CLIENT_AUTH],
-                {"commonName": "otbus ingest-opcua", "organizationName": "otbus"},
-            )
-            log.info("made the client certificate %s (give it to the servers' administrators to trust)", cert)
+        async with _CERT_LOCK:  # every secure source of this adapter shares the one client certificate
+            if not cert.exists():  # made on first start
+                await _make_client_certificate(key, cert, uri)
+                log.info("made the client certificate %s (give it to the servers' administrators to trust)", cert)
+            _check_pair(key, cert)
         client.application_uri = uri
         probe = Client(c.endpoint, timeout=c.timeout_s)
         endpoints = await probe.connect_and_get_server_endpoints()

@@ -189,6 +189,8 @@ def test_a_service_can_be_turned_off() -> None:
         ([*REQUIRED, "ingestMqtt.tenant=Plant_1"], None, "tenant"),
         (["kafka.bootstrap=k:9092", "tokensSecret.name=t"], None, "database.urlSecret.name"),
         ([*REQUIRED, "env.lower-case=x"], None, "env"),
+        ([*REQUIRED, "env.OTBUS_BATCH_SIZE=1000000"], None, "env"),  # a number would render as 1e+06
+        ([*REQUIRED, "ingestModbus.persistence.enabled=false"], None, "enabled"),  # a spool needs its volume
     ],
 )
 def test_bad_values_are_refused_by_name(sets: list[str], values: dict[str, Any] | None, named: str) -> None:

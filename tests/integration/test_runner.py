@@ -149,6 +149,7 @@ def test_a_fenced_transactional_producer_is_replaced_and_nothing_is_lost_or_doub
         th.join(30)
     assert not th.is_alive(), "the runner stopped"
     assert runner.producer_renewals == 1
+    copies = read_topic(infra.kafka_bootstrap, handler.out)  # again, now that nothing more can come
     got = Counter(m.value() for m in copies)
     assert set(got) == expected
     assert max(got.values()) == 1, [v for v, n in got.items() if n > 1][:5]

@@ -85,7 +85,11 @@ def find_event_ids(
             if t is None or t.error is not None:
                 continue  # no such topic: nothing of ours can be in it
             parts = [TopicPartition(topic, p, since_ms) for p in t.partitions]
-            start += [tp for tp in c.offsets_for_times(parts, timeout=10) if tp.offset >= 0]
+            for tp in c.offsets_for_times(parts, timeout=10):
+                if tp.error is not None:
+                    raise KafkaException(tp.error)
+                if tp.offset >= 0:  # else nothing that recent in this partition
+                    start.append(tp)
         ends: dict[tuple[str, int], int] = {}
         for tp in start:
             _low, high = c.get_watermark_offsets(tp, timeout=10)

@@ -105,6 +105,9 @@ def _columns(
     }
 
 
+_BROKER_AWAY = {KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT, KafkaError._RESOLVE, KafkaError._TIMED_OUT}
+
+
 class SpoolDrainer:
     """Produces the spool's records in order and acknowledges them back to the spool.
 
@@ -240,11 +243,17 @@ class SpoolDrainer:
                 found, complete = find_event_ids(self._config, topics, by_id.keys(), since_ms)
                 break
             except KafkaException as e:
-                self._broker_down(str(e))
+                err = e.args[0]
+                if not (err.retriable() or err.code() in _BROKER_AWAY):  # e.g. not allowed to read the topic
+                    log.warning("cannot look for already delivered records (%s); sending them (at least once)", err)
+                    return
+                self._broker_down(str(e))  # the broker is away: nothing could be sent either
                 self._stop.wait(delay)
                 delay = min(10.0, delay * 2)
         else:
             return
+        self.broker_error = None
+        self.broker_error_since = None
         if not complete:
             log.warning("could not read all of %s since the spool's oldest record; some may be sent twice", topics)
         self._already_sent = {by_id[i] for i in found}

@@ -162,6 +162,8 @@ class ConsumerRunner:
             "topic.metadata.refresh.interval.ms": self.settings.metadata_refresh_ms,
             "fetch.max.bytes": 52_428_800,
             "queued.max.messages.kbytes": 131_072,
+            # taking a large failing batch apart record by record can take minutes without a poll
+            "max.poll.interval.ms": 900_000,
             **c.consumer_overrides,
         }
 
@@ -282,6 +284,7 @@ class ConsumerRunner:
         """Process a failing batch one message at a time; dead-letter the ones that fail."""
         log.warning("%s: taking a failing batch of %d apart to find the poison", self.config.stage, len(batch))
         for i, msg in enumerate(batch):
+            self.last_loop = time.monotonic()  # slow, but moving: not a stuck loop
             rest = batch[i:]  # rewound together when this one has to wait
             try:
                 self._commit_batch(consumer, [msg], lambda m=msg: self.handler.handle([m]), rest)  # type: ignore[misc]
@@ -323,6 +326,9 @@ class ConsumerRunner:
             raise _Retry from e
         except (KafkaException, FatalError) as e:
             if isinstance(e, FatalError) or (e.args and e.args[0].fatal()):
+                if self._stop.is_set():  # shutting down: the batch is consumed again after the restart
+                    log.warning("%s: %s while stopping; the batch is left uncommitted", self.config.stage, e)
+                    raise _Retry from e
                 if not self._renew_producer(consumer, e):
                     raise
                 self.sensor.on_retry("producer")
@@ -402,7 +408,11 @@ class ConsumerRunner:
         parts = consumer.assignment()
         if not parts:
             return
-        for tp in consumer.committed(parts, timeout=30):
+        committed = consumer.committed(parts, timeout=30)
+        failed = [tp for tp in committed if tp.error is not None]
+        if failed:  # never guess a position: ask again
+            raise KafkaException(KafkaError(KafkaError._TIMED_OUT, f"committed offsets not known: {failed[0].error}"))
+        for tp in committed:
             offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING  # nothing committed: auto.offset.reset
             consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
             self.committed.pop((tp.topic, tp.partition), None)

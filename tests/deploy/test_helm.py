@@ -170,6 +170,16 @@ def test_zerobus_sink_embedded_emulator_or_databricks() -> None:
     assert not [d for d in remote if d["kind"] == "PersistentVolumeClaim"]
 
 
+def test_kafka_secrets_come_from_a_secret() -> None:
+    docs = _render({"kafka": {"bootstrap": "k:9093", "configSecret": {"name": "kafka-sasl", "key": "rdkafka.json"}}})
+    for d in (d for d in docs if d["kind"] == "Deployment"):
+        env = {e["name"]: e for e in d["spec"]["template"]["spec"]["containers"][0]["env"]}
+        assert env["OTBUS_KAFKA_CONFIG"] == {
+            "name": "OTBUS_KAFKA_CONFIG",
+            "valueFrom": {"secretKeyRef": {"name": "kafka-sasl", "key": "rdkafka.json"}},
+        }
+
+
 def test_a_service_can_be_turned_off() -> None:
     docs = _render(sets=[*REQUIRED, "notifyBridge.enabled=false", "zerobusSink.enabled=false"])
     names = {d["metadata"]["labels"]["app.kubernetes.io/name"] for d in docs if d["kind"] == "Deployment"}

@@ -25,6 +25,7 @@ import json
 import multiprocessing as mp
 import os
 import shutil
+import socket
 import subprocess
 import time
 import uuid
@@ -306,6 +307,19 @@ def _histogram_quantile(before: dict[str, float], after: dict[str, float], name:
     return None
 
 
+def _wait_listening(port: int, proc: Any, timeout: float = 60.0) -> None:
+    """Until something accepts connections on `port` (the spawned server imports for a while)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not proc.is_alive():
+            raise RuntimeError(f"the bare broadcast server exited ({proc.exitcode})")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"the bare broadcast server is not listening on {port} after {timeout:.0f}s")
+
+
 def bare_baselines(inf: Infra, rate: float, per_tx: int, seconds: float, n_clients: int) -> dict[str, Any]:
     tenant = new_tenant()
     ctx = mp.get_context("spawn")
@@ -322,7 +336,7 @@ def bare_baselines(inf: Infra, rate: float, per_tx: int, seconds: float, n_clien
     port = free_port()
     server = ctx.Process(target=_broadcast_proc, args=(inf.database_url, port, seconds + 30), daemon=True)
     server.start()
-    time.sleep(1.5)
+    _wait_listening(port, server)
     clients = Clients(f"ws://127.0.0.1:{port}", n_clients, min(n_clients, 10), seconds + 2, None)
     time.sleep(1.0)
     with Load(inf.database_url, tenant, rate, seconds, per_tx) as load:
@@ -350,7 +364,9 @@ def bridge_run(
     inf: Infra, svc: Service, token: str, tenant: str, rate: float, per_tx: int, seconds: float, n_clients: int
 ) -> dict[str, Any]:
     ws_url = svc.url.replace("http://", "ws://") + f"/ws?token={token}"
-    clients = Clients(ws_url, n_clients, min(n_clients, 10), seconds + 3, json.dumps({"op": "subscribe"}))
+    # receive well past the load's end: its process takes a while to start, and under 1,000
+    # clients the last events are half a second on their way; a short window counted them lost
+    clients = Clients(ws_url, n_clients, min(n_clients, 10), seconds + 10, json.dumps({"op": "subscribe"}))
     time.sleep(1.0)
     before = metrics(svc.url)
     meter = CpuMeter(bridge=svc.pid)

@@ -71,6 +71,13 @@ func main() {
 	connected.Add(*n)
 	done.Add(*n)
 	timeTag := []byte(`"time"`)
+	closed := func(err error) { // a close frame's code is kept; a dropped connection has none
+		if code := websocket.CloseStatus(err); code != -1 {
+			mu.Lock()
+			closes = append(closes, int(code))
+			mu.Unlock()
+		}
+	}
 
 	for i := 0; i < *n; i++ {
 		go func(i int) {
@@ -100,11 +107,7 @@ func main() {
 				if i >= *sample { // count without keeping the message: no allocation per frame
 					_, r, err := c.Reader(ctx)
 					if err != nil {
-						if code := websocket.CloseStatus(err); code != -1 {
-							mu.Lock()
-							closes = append(closes, int(code))
-							mu.Unlock()
-						}
+						closed(err)
 						break
 					}
 					counts[i] += countIn(r, buf, timeTag)
@@ -112,11 +115,7 @@ func main() {
 				}
 				_, msg, err := c.Read(ctx)
 				if err != nil {
-					if code := websocket.CloseStatus(err); code != -1 {
-						mu.Lock()
-						closes = append(closes, int(code))
-						mu.Unlock()
-					}
+					closed(err)
 					break
 				}
 				now := time.Now()

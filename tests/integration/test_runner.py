@@ -60,6 +60,13 @@ def _produce(infra: Infra, topic: str, tenant: str, values: list[bytes]) -> None
     p.flush(10)
 
 
+def _copies(infra: Infra, handler: Handler, n: int, timeout: float, what: str) -> list[Message]:
+    """The handler's output topic once it holds at least `n` records."""
+    return wait_until(  # type: ignore[no-any-return]
+        lambda: (c := read_topic(infra.kafka_bootstrap, handler.out)) and len(c) >= n and c, timeout, what
+    )
+
+
 @pytest.mark.parametrize("transactional", [True, False])
 def test_poison_is_isolated_and_everything_else_arrives_once(
     infra: Infra, tenant: str, source: str, transactional: bool
@@ -86,11 +93,7 @@ def test_poison_is_isolated_and_everything_else_arrives_once(
         expected = {v for v in values if v != b"boom"}
         wait_until(lambda: set(handler.seen) >= expected, 60, "every good record handled")
         dead = wait_until(lambda: read_topic(infra.kafka_bootstrap, dlq_topic(tenant)), 30, "the dead letter")
-        copies = wait_until(
-            lambda: (c := read_topic(infra.kafka_bootstrap, handler.out)) and len(c) >= len(expected) and c,
-            30,
-            "the copies",
-        )
+        copies = _copies(infra, handler, len(expected), 30, "the copies")
     finally:
         runner.stop()
         th.join(30)
@@ -139,11 +142,7 @@ def test_a_fenced_transactional_producer_is_replaced_and_nothing_is_lost_or_doub
         second = [f"b{i}".encode() for i in range(100)]
         _produce(infra, source, tenant, second)
         expected = set(first) | set(second)
-        copies = wait_until(
-            lambda: (c := read_topic(infra.kafka_bootstrap, handler.out)) and len(c) >= len(expected) and c,
-            60,
-            "the copies of both rounds",
-        )
+        copies = _copies(infra, handler, len(expected), 60, "the copies of both rounds")
     finally:
         runner.stop()
         th.join(30)

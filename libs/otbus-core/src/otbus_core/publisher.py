@@ -105,7 +105,7 @@ def _columns(
     }
 
 
-_BROKER_AWAY = {KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT, KafkaError._RESOLVE, KafkaError._TIMED_OUT}
+_BROKER_DOWN = frozenset({KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT, KafkaError._RESOLVE})
 
 
 class SpoolDrainer:
@@ -166,7 +166,7 @@ class SpoolDrainer:
         self._thread.start()
 
     def _on_error(self, err: KafkaError) -> None:
-        if err.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT, KafkaError._RESOLVE):
+        if err.code() in _BROKER_DOWN:
             self._broker_down(str(err))
         if err.fatal():
             self.fatal = err
@@ -244,7 +244,8 @@ class SpoolDrainer:
                 break
             except KafkaException as e:
                 err = e.args[0]
-                if not (err.retriable() or err.code() in _BROKER_AWAY):  # e.g. not allowed to read the topic
+                away = err.retriable() or err.code() in _BROKER_DOWN or err.code() == KafkaError._TIMED_OUT
+                if not away:  # a lasting error, e.g. not allowed to read the topic
                     log.warning("cannot look for already delivered records (%s); sending them (at least once)", err)
                     return
                 self._broker_down(str(e))  # the broker is away: nothing could be sent either

@@ -300,4 +300,40 @@ def test_the_catalog_is_asked_before_the_first_stream(infra: Infra, emulator: Em
         shutil.rmtree(tmp_path / "delta" / "main" / tenant / "wrong_types")
         emulator.create_tables(wrong)
         wait_until(lambda: len(delta_ids(tmp_path, missing)) + len(delta_ids(tmp_path, wrong)) >= 400, 90, "all rows")
-    assert len(delta_ids(tmp_path, wrong)) == 200 and len(delta_ids(tmp_path, missing)) == 200
+    assert sorted(delta_ids(tmp_path, wrong)) == sorted(r["event_id"] for r in records if r["source_id"] == "plc-b")
+    assert sorted(delta_ids(tmp_path, missing)) == sorted(r["event_id"] for r in records if r["source_id"] == "plc-a")
+
+
+def test_a_waiting_table_does_not_make_the_other_tables_of_its_batch_write_twice(
+    infra: Infra, emulator: Emulator, tmp_path: Path
+) -> None:
+    """One table refused, the batch retried again and again: the table that took its part keeps one copy."""
+    tenant = new_tenant("zw")
+    ensure_topics(infra, tenant)
+    good, held = f"main.{tenant}.tag_events", f"main.{tenant}.held"
+    emulator.create_tables(good, held)
+    emulator.faults(table_status={held: "PERMISSION_DENIED"})
+    records = [tag_record(tenant, i, source="plc-a" if i % 2 else "plc-b") for i in range(600)]
+    sink = sink_service(
+        infra, emulator, [tenant], OTBUS_SOURCE_TABLES=f'{{"plc-b": "{held}"}}', OTBUS_BREAKER_OPEN_S="2"
+    )
+    with sink.start(wait_ready=False):
+        produce_tag_records(infra.kafka_bootstrap, records)
+
+        def retried() -> dict[str, Any] | None:
+            d = httpx.get(f"{sink.url}/diagnostics", timeout=5).json()
+            failures = {t["table"]: t["failures"] for t in d["targets"]}
+            return d if failures.get(held, 0) >= 3 and d["resends_skipped"] >= 300 else None
+
+        diag = wait_until(retried, 90, "three refusals of the held table, the good one's part skipped on retry")
+        assert sorted(delta_ids(tmp_path, good)) == sorted(r["event_id"] for r in records if r["source_id"] == "plc-a")
+        assert delta_ids(tmp_path, held) == []
+        metrics = httpx.get(f"{sink.url}/metrics", timeout=5).text
+        assert f'otbus_zerobus_resends_skipped_records_total{{table="{good}"}}' in metrics
+        emulator.faults()
+        wait_until(lambda: len(delta_ids(tmp_path, held)) >= 300, 90, "the held table's part after the fix")
+        wait_until(lambda: httpx.get(f"{sink.url}/readyz", timeout=5).status_code == 200, 30, "ready again")
+    assert diag["events_sent"] == 300
+    for table, source in ((good, "plc-a"), (held, "plc-b")):
+        ids = delta_ids(tmp_path, table)
+        assert sorted(ids) == sorted(r["event_id"] for r in records if r["source_id"] == source), table

@@ -118,6 +118,7 @@ def create_app(settings: ZerobusSinkSettings) -> FastAPI:
             "batches_sent": sum(t["batches_sent"] for t in tables),
             "failures": sum(t["failures"] for t in tables),
             "dead_lettered": sum(t["dead_lettered"] for t in tables),
+            "resends_skipped": handler.skipped,
             "last_successful_send": max(last) if last else None,
             "lag": sum(p["lag"] or 0 for p in lag),
             "partitions": lag,

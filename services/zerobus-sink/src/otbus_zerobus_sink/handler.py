@@ -13,6 +13,10 @@ with the event id in each row for downstream dedup.
 * A table that Zerobus will not open (missing, no permission, schema mismatch) and a
   table whose circuit is open make the batch wait (TransientError), so nothing is lost
   while an operator fixes the table; /readyz says which table and why.
+* The other tables of a batch that has to wait are not written again on every retry: a
+  table that acknowledged its part keeps, per partition, the highest offset it holds, and
+  the retries skip those records for that table. The marks are dropped once a batch
+  goes through whole (its offsets are then committed).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import time
 from dataclasses import dataclass, field
 
 from confluent_kafka import Message
+from prometheus_client import Counter
 from zerobus import NonRetriableException, ZerobusException
 
 from otbus_core.codec import AvroCodec
@@ -37,6 +42,12 @@ __all__ = ["STAGE", "SinkHandler"]
 
 STAGE = "zerobus-sink"
 log = logging.getLogger(__name__)
+
+SKIPPED = Counter(
+    "otbus_zerobus_resends_skipped_records_total",
+    "Records of a retried batch not sent again because their table had acknowledged them",
+    ["table"],
+)
 
 
 @dataclass(slots=True)
@@ -59,11 +70,17 @@ class SinkHandler:
         self.router = router
         self.per_message = records_per_message
         self._tenants: dict[str, str] = {}
+        # (table, topic, partition) -> highest offset the table acknowledged in a batch that
+        # then had to be retried for another table's sake
+        self._acked: dict[tuple[str, str, int], int] = {}
+        self.skipped = 0
 
     def handle(self, messages: list[Message]) -> Outcome:
         groups: dict[str, _Group] = {}
         try:
-            return self._handle(messages, groups)
+            outcome = self._handle(messages, groups)
+            self._acked.clear()  # the batch is whole: its offsets are committed next
+            return outcome
         except BaseException:
             # rows queued but not waited for must not be blamed on the next batch: every stream
             # this batch touched is dropped, the next attempt starts on new ones
@@ -75,6 +92,7 @@ class SinkHandler:
     def _handle(self, messages: list[Message], groups: dict[str, _Group]) -> Outcome:
         dead: list[DeadLetter] = []
         decode, route, per = self.codec.decode, self.router, self.per_message
+        acked, skipped = self._acked, dict[str, int]()
         for m in messages:
             try:
                 topic = m.topic() or ""
@@ -84,8 +102,11 @@ class SinkHandler:
                 rec = decode(m.value(), TAG_RECORD)
                 if rec["tenant"] != tenant:
                     raise InvalidTenant(f"record of tenant {rec['tenant']!r} on topic of tenant {tenant!r}")
-                row = tag_row(rec)
                 table = route(tenant, rec["source_id"])
+                if acked and (m.offset() or 0) <= acked.get((table, topic, m.partition() or 0), -1):
+                    skipped[table] = skipped.get(table, 0) + 1
+                    continue
+                row = tag_row(rec)
             except (DecodeError, InvalidTenant, KeyError, TypeError, ValueError) as e:
                 dead.append(
                     dead_letter_from_message(
@@ -104,10 +125,23 @@ class SinkHandler:
             if len(g.rows) - g.queued >= per:
                 # queue full messages while decoding goes on: Zerobus works on them meanwhile
                 self._queue(g)
+        for table, n in skipped.items():
+            self.skipped += n
+            SKIPPED.labels(table).inc(n)
+            log.info("%d record(s) of a retried batch were acknowledged by %s before; not sent again", n, table)
         for g in groups.values():
             self._queue(g)
         dead += self._settle(list(groups.values()))
         return Outcome(dead=dead)
+
+    def _mark(self, g: _Group) -> None:
+        """Remember that the group's table holds its records, in case the batch is retried."""
+        acked, table = self._acked, g.target.table
+        for m in g.msgs:
+            key = (table, m.topic() or "", m.partition() or 0)
+            offset = m.offset() or 0
+            if offset > acked.get(key, -1):
+                acked[key] = offset
 
     # -- delivery -------------------------------------------------------------------------
 
@@ -133,13 +167,17 @@ class SinkHandler:
                 try:
                     t.stream.wait_for_offset(g.offset)
                     record_success(t, len(g.rows), time.perf_counter() - (g.t0 or 0.0))
+                    self._mark(g)
                     continue
                 except Exception as e:
                     error = e
             if isinstance(error, NonRetriableException):
                 self.targets.drop(t)
                 try:
-                    dead += self._narrow_down(t, g.msgs, g.rows, error)
+                    rejected = self._narrow_down(t, g.msgs, g.rows, error)
+                    if not rejected:  # records with a reason are not marked: a retry dead-letters them
+                        self._mark(g)
+                    dead += rejected
                     continue
                 except Exception as e:  # the table, not a record: retried later
                     error = e

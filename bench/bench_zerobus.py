@@ -11,10 +11,10 @@ to local Delta tables every 100 ms and acknowledging after each commit.
   - sink: `python -m otbus_zerobus_sink` drains the topic; N / (time from its group's
     assignment to its committed offsets reaching the topic's end; it commits only after
     Zerobus acknowledged), confirmed by the Delta table's row count.
-* latency: records produced at `BENCH_ZEROBUS_RATE` (10,000/s) for a while, each carrying its
-  produce time (µs) in `ingest_time`; afterwards every Delta commit of the table is read back
-  (the files each version added) and each row's latency is that commit's timestamp minus its
-  produce time: Kafka -> Delta visible.
+* latency: records (encoded before the clock) produced at `BENCH_ZEROBUS_RATE` (10,000/s) for
+  a while, the produce time of each kept by its event id; afterwards every Delta commit of the
+  table is read back (the files each version added) and each row's latency is that commit's
+  timestamp minus its produce time: Kafka -> Delta visible.
 """
 
 from __future__ import annotations
@@ -184,28 +184,36 @@ def drain(inf: Infra, svc: Service, group: str, tenant: str, n: int, data_dir: P
 
 
 def latency(inf: Infra, svc: Service, tenant: str, data_dir: Path, rate: int, seconds: float) -> dict[str, Any]:
-    """Produce at `rate` for `seconds` with the produce time in each record; read commit times back."""
+    """Produce at `rate` for `seconds` (records encoded before the clock, so the load generator
+    costs a produce() call per record); each record's produce time is kept by its event id and
+    compared with the Delta commit that made it visible."""
     codec = AvroCodec()
     templates = [codec.decode(r.value, TAG_RECORD) for r in tag_records(tenant, 2000)]
     topic = tags_topic(tenant)
+    total = int(rate * seconds)
+    ids = [str(uuid.uuid4()) for _ in range(total)]
+    encoded: list[tuple[bytes, str]] = []
+    for i, event_id in enumerate(ids):
+        rec = dict(templates[i % len(templates)])
+        rec["event_id"] = event_id
+        encoded.append((codec.encode(TAG_RECORD, rec, topic), rec["path"]))
     table = f"main.{tenant}.tag_events"
     before = DeltaTable(str(data_dir / Path(*table.split(".")))).version()
     had = before_rows(data_dir, table, before)
     p = KafkaProducer({**PRODUCER_DEFAULTS, "bootstrap.servers": inf.kafka, "linger.ms": 5})
     tick = 0.01
     per_tick = max(1, int(rate * tick))
+    produced_ms = [0.0] * total
     sent = 0
     t0 = time.monotonic()
-    while time.monotonic() - t0 < seconds:
+    while sent < total:
         due = t0 + (sent // per_tick) * tick
         if (wait := due - time.monotonic()) > 0:
             time.sleep(wait)
-        now_us = time.time_ns() // 1000
-        for _ in range(per_tick):
-            rec = dict(templates[sent % len(templates)])
-            rec["event_id"] = str(uuid.uuid4())
-            rec["ingest_time"] = now_us
-            p.produce(topic, codec.encode(TAG_RECORD, rec, topic), rec["path"])
+        now_ms = time.time() * 1000
+        for value, key in encoded[sent : sent + per_tick]:
+            p.produce(topic, value, key)
+            produced_ms[sent] = now_ms
             sent += 1
         p.poll(0)
     achieved = sent / (time.monotonic() - t0)
@@ -214,7 +222,8 @@ def latency(inf: Infra, svc: Service, tenant: str, data_dir: Path, rate: int, se
     while delta_rows(data_dir, table) < had + sent and time.monotonic() < deadline:
         time.sleep(0.2)
     svc.check_alive()
-    lat = commit_latencies(data_dir / Path(*table.split(".")), before)
+    sent_at = dict(zip(ids, produced_ms, strict=True))
+    lat = commit_latencies(data_dir / Path(*table.split(".")), before, sent_at)
     return {"sent": sent, "achieved_rate": round(achieved), "rows_seen": len(lat), "latencies_ms": lat}
 
 
@@ -223,20 +232,23 @@ def before_rows(data_dir: Path, table: str, version: int) -> int:
     return dt.count()
 
 
-def commit_latencies(path: Path, after_version: int) -> list[float]:
-    """For each row added after `after_version`: its commit's timestamp minus its ingest_time, in ms."""
+def commit_latencies(path: Path, after_version: int, sent_at: dict[str, float]) -> list[float]:
+    """For each row added after `after_version`: its commit's timestamp minus its produce time, in ms
+    (the first copy of an event id only: a re-sent duplicate does not count as a second sample)."""
     dt = DeltaTable(str(path))
     history = {h["version"]: h["timestamp"] for h in dt.history()}
     out: list[float] = []
+    seen: set[str] = set()
     prev = set(DeltaTable(str(path), version=after_version).file_uris())
     for v in range(after_version + 1, dt.version() + 1):
         files = set(DeltaTable(str(path), version=v).file_uris())
         committed_ms = history[v]
         for f in files - prev:
-            col = pq.read_table(f, columns=["ingest_time"]).column("ingest_time")
-            for t in col.to_pylist():
-                if t is not None:
-                    out.append(committed_ms - t.timestamp() * 1000)
+            for event_id in pq.read_table(f, columns=["event_id"]).column("event_id").to_pylist():
+                produced = sent_at.get(event_id)
+                if produced is not None and event_id not in seen:
+                    seen.add(event_id)
+                    out.append(committed_ms - produced)
         prev = files
     return out
 

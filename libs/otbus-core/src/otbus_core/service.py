@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import faulthandler
+import gc
 import logging
 import os
 import signal
@@ -34,10 +35,16 @@ def configure(prog: str, settings_cls: type[S], build: Callable[[S], T]) -> tupl
         settings = load_settings(settings_cls)
         configure_logging(settings.service_name, settings.log_level, settings.log_json)
         sys.setswitchinterval(settings.switch_interval_ms / 1000)
-        return settings, build(settings)
+        built = build(settings)
     except ConfigError as e:
         print(f"{prog}: {e}", file=sys.stderr)  # noqa: T201
         raise SystemExit(2) from None
+    # What start-up made (modules, the app, schemas) lives as long as the process: moved out of
+    # the collector's reach, a full collection walks only what the service made since, instead
+    # of pausing every thread for tens of milliseconds to walk the whole heap again.
+    gc.collect()
+    gc.freeze()
+    return settings, built
 
 
 def main_http(

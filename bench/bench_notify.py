@@ -348,7 +348,11 @@ def bare_baselines(inf: Infra, rate: float, per_tx: int, seconds: float, n_clien
     bcast["inserted"] = n2
     bcast["client_impl"] = clients.kind
     log(f"notify: bare broadcast to {n_clients} clients {bcast}")
-    return {"bare_listen": {**listen, "inserted": n, "seconds": round(secs, 1)}, "bare_broadcast": bcast}
+    return {
+        "bare_listen": {**listen, "inserted": n, "seconds": round(secs, 1)},
+        "bare_broadcast": bcast,
+        "baseline_tenant": tenant,
+    }
 
 
 def bridge_service(inf: Infra, tokens: dict[str, str]) -> Service:
@@ -457,7 +461,14 @@ def run(inf: Infra) -> list[Entry]:
                 ok,
                 r["notify_to_ws_p50_ms"],
                 p99,
-                {"bridge": r, **base, "rate": rate, "events_per_tx": per_tx},
+                {
+                    "bridge": r,
+                    **base,
+                    "rate": rate,
+                    "events_per_tx": per_tx,
+                    # rows this benchmark INSERTed itself (the cleanup expects them)
+                    "tenants_written": [tenant, base["baseline_tenant"]],
+                },
             )
         )
     except Exception as e:

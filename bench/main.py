@@ -115,6 +115,7 @@ def main() -> int:
             else:
                 stores = ("event_store", "e2e_latency", "e2e_sustained")
                 expected = {e.details.get("tenant") for e in entries if e.name in stores}
+                expected.update(t for e in entries for t in e.details.get("tenants_written", ()))
                 foreign = {t: n for t, n in rows.items() if t not in expected}
                 if foreign:
                     info["rows_of_tenants_no_benchmark_stored"] = foreign

@@ -17,6 +17,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from otbus_core.schemas import DEAD_LETTER, TAG_RECORD
+from otbus_core.sparkplug import DT, encode_payload
 from otbus_core.topics import dlq_topic, tags_topic
 from tests.support import (
     ARTIFACTS,
@@ -227,6 +228,83 @@ sources:
         wait_until(all_bad, 30, "every metric BAD after the deaths")
         assert b"published" in log.read_bytes()
     finally:
+        adapter.service.stop()
+
+
+def test_sparkplug_births_are_kept_across_an_adapter_restart(
+    infra: Infra, tenant: str, tmp_path: Path, mqtt_url: str, normalizer: Service
+) -> None:
+    """Data after a restart, with no BIRTH since, is read by alias from the kept tables: no rebirth, no DLQ."""
+    group, t0 = f"k{tenant}", 1767225600000
+    u = urlsplit(mqtt_url)
+    commands: list[str] = []
+    watcher = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"test-ncmd-{uuid.uuid4().hex[:8]}")
+    watcher.on_message = lambda _c, _u, msg: commands.append(msg.topic)
+    watcher.connect(u.hostname or "127.0.0.1", u.port or 1883, 30)
+    watcher.subscribe(f"spBv1.0/{group}/+/#", qos=0)
+    watcher.loop_start()
+    adapter = Adapter(
+        infra,
+        tenant,
+        tmp_path,
+        f"""
+sources:
+  - name: spb
+    protocol: mqtt
+    endpoint: "{mqtt_url}"
+    client_id: "otbus-test-keep-{tenant}"
+    topics: ["spBv1.0/{group}/#"]
+""",
+    )
+
+    def subscribed() -> bool:
+        return bool(adapter.sources()[0]["status"]["connected"])
+
+    def spb(kind: str, metrics: list[dict[str, Any]], seq: int, device: str = "") -> tuple[str, bytes]:
+        topic = f"spBv1.0/{group}/{kind}/edge1" + (f"/{device}" if device else "")
+        return topic, encode_payload(metrics, seq, t0 + seq)
+
+    def latest() -> dict[str, Any]:
+        return {r["source_tag"]: r["value"] for r in _tags(infra, tenant)}
+
+    try:
+        adapter.service.start()
+        wait_until(subscribed, 30, "the adapter subscribed")
+        births = [
+            spb(
+                "NBIRTH",
+                [
+                    {"name": "bdSeq", "datatype": DT.Int64, "value": 0},
+                    {"name": "Temperature", "alias": 1, "datatype": DT.Double, "value": 20.5},
+                ],
+                0,
+            ),
+            spb("DBIRTH", [{"name": "Speed", "alias": 10, "datatype": DT.Int32, "value": 100}], 1, "press1"),
+        ]
+        _publish(mqtt_url, births, qos=0)
+        born = {f"{group}/edge1/Temperature": 20.5, f"{group}/edge1/press1/Speed": 100}
+        wait_until(lambda: latest() == born, 30, "the birth values")
+        state = tmp_path / "state" / "ingest-mqtt" / "sparkplug" / "spb.json"
+        assert state.exists() and "Temperature" in state.read_text()
+
+        assert adapter.service.stop() in (0, -15)
+        adapter.service.start()
+        wait_until(subscribed, 30, "the restarted adapter subscribed")
+        data = [
+            spb("NDATA", [{"alias": 1, "datatype": DT.Double, "value": 99.5}], 2),
+            spb("DDATA", [{"alias": 10, "datatype": DT.Int32, "value": 7}], 3, "press1"),
+        ]
+        _publish(mqtt_url, data, qos=0)
+        after = {f"{group}/edge1/Temperature": 99.5, f"{group}/edge1/press1/Speed": 7}
+        wait_until(lambda: latest() == after, 30, "the data after the restart, read by alias")
+        assert _dlq(infra, tenant) == []
+        spb_status = adapter.sources()[0]["status"]
+        assert spb_status["rejected"] == 0
+        time.sleep(1)  # a rebirth request would be published right after the data
+        assert [c for c in commands if "/NCMD/" in c] == [], "a rebirth was asked although the BIRTH was kept"
+    finally:
+        watcher.loop_stop()
+        watcher.disconnect()
         adapter.service.stop()
 
 

@@ -195,6 +195,24 @@ sources:
         assert "is not the pinned" in adapter.log_tail(200)
     finally:
         adapter.stop()
+    # pinned to the server's own certificate, over Aes256Sha256RsaPss: readings flow again
+    fingerprint = trusted.read_text().strip()
+    before = len(_tags(infra, tenant))
+    adapter = _adapter(
+        infra,
+        tenant,
+        tmp_path,
+        sources.format(policy="Aes256Sha256RsaPss", pin=f'server_certificate_sha256: "{fingerprint}"'),
+        OPCUA_TEST_PASSWORD="s3cret",
+    )
+    adapter.start()
+    try:
+        wait_until(lambda: len(_tags(infra, tenant)) >= before + 4, 60, "readings over Aes256")
+        shown = httpx.get(f"{adapter.url}/api/v1/sources/secure_server", timeout=5).json()
+        assert shown["security_policy"] == "Aes256Sha256RsaPss" and shown["security_mode"] == "SignAndEncrypt"
+        assert _latest(infra, tenant)["Plant1/Static/DoubleValue"]["value"] == 3.5
+    finally:
+        adapter.stop()
         sim.stop()
 
 

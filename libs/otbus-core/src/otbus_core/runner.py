@@ -397,6 +397,9 @@ class ConsumerRunner:
         self.producer_renewals += 1
         old, self.producer = self.producer, self._new_producer()
         try:
+            # not flushed or closed (a fenced producer's flush fails); the collector frees it, so
+            # a service that replaces producers must not run with gc_freeze (start-up objects
+            # are never collected then)
             old.raw.purge()
         except KafkaException as e:
             log.info("purge of the failed producer: %s", e)

@@ -39,11 +39,9 @@ def configure(prog: str, settings_cls: type[S], build: Callable[[S], T]) -> tupl
     except ConfigError as e:
         print(f"{prog}: {e}", file=sys.stderr)  # noqa: T201
         raise SystemExit(2) from None
-    # What start-up made (modules, the app, schemas) lives as long as the process: moved out of
-    # the collector's reach, a full collection walks only what the service made since, instead
-    # of pausing every thread for tens of milliseconds to walk the whole heap again.
-    gc.collect()
-    gc.freeze()
+    if settings.gc_freeze:  # what start-up made lives as long as the process: out of the collector's walks
+        gc.collect()
+        gc.freeze()
     return settings, built
 
 

@@ -28,6 +28,12 @@ class OtbusSettings(BaseSettings):
     log_json: bool = True
     switch_interval_ms: float = Field(5.0, gt=0, le=100)
     """How long Python lets one thread run before another may take over (sys.setswitchinterval)."""
+    gc_freeze: bool = False
+    """Move what start-up made out of the garbage collector's reach (gc.freeze): a full collection
+    then walks only what the service made since, not ~80k start-up objects (55-70 ms with every
+    thread paused). Good for latency-bound services with little live data; services that hold
+    large batches collect more often with it (the 25% rule then counts only their own objects),
+    and an object made at start-up that is later dropped in a reference cycle is never freed."""
 
     kafka_bootstrap: str = "127.0.0.1:19092"
     kafka_config: dict[str, str] = {}

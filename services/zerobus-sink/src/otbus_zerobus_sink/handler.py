@@ -15,8 +15,8 @@ with the event id in each row for downstream dedup.
   while an operator fixes the table; /readyz says which table and why.
 * The other tables of a batch that has to wait are not written again on every retry: a
   table that acknowledged its part keeps, per partition, the highest offset it holds, and
-  the retries skip those records for that table. The marks are dropped once a batch
-  goes through whole (its offsets are then committed).
+  the retries skip those records for that table. A partition's marks are dropped once a
+  batch holding it goes through whole (its offsets are then committed).
 """
 
 from __future__ import annotations
@@ -79,7 +79,9 @@ class SinkHandler:
         groups: dict[str, _Group] = {}
         try:
             outcome = self._handle(messages, groups)
-            self._acked.clear()  # the batch is whole: its offsets are committed next
+            if self._acked:  # the batch is whole: its partitions' offsets are committed next
+                done = {(m.topic() or "", m.partition() or 0) for m in messages}
+                self._acked = {k: v for k, v in self._acked.items() if (k[1], k[2]) not in done}
             return outcome
         except BaseException:
             # rows queued but not waited for must not be blamed on the next batch: every stream
@@ -91,8 +93,24 @@ class SinkHandler:
 
     def _handle(self, messages: list[Message], groups: dict[str, _Group]) -> Outcome:
         dead: list[DeadLetter] = []
-        decode, route, per = self.codec.decode, self.router, self.per_message
-        acked, skipped = self._acked, dict[str, int]()
+        skipped: dict[str, int] = {}
+        try:
+            self._group(messages, groups, dead, skipped)
+        finally:
+            for table, n in skipped.items():
+                self.skipped += n
+                SKIPPED.labels(table).inc(n)
+                log.info("%d record(s) of a retried batch were acknowledged by %s before; not sent again", n, table)
+        for g in groups.values():
+            self._queue(g)
+        dead += self._settle(list(groups.values()))
+        return Outcome(dead=dead)
+
+    def _group(
+        self, messages: list[Message], groups: dict[str, _Group], dead: list[DeadLetter], skipped: dict[str, int]
+    ) -> None:
+        """Decode, map and route `messages` into `groups`, queueing full messages as they fill."""
+        decode, route, per, acked = self.codec.decode, self.router, self.per_message, self._acked
         for m in messages:
             try:
                 topic = m.topic() or ""
@@ -102,11 +120,11 @@ class SinkHandler:
                 rec = decode(m.value(), TAG_RECORD)
                 if rec["tenant"] != tenant:
                     raise InvalidTenant(f"record of tenant {rec['tenant']!r} on topic of tenant {tenant!r}")
+                row = tag_row(rec)  # before the skip: a record that cannot be mapped is dead-lettered on every try
                 table = route(tenant, rec["source_id"])
                 if acked and (m.offset() or 0) <= acked.get((table, topic, m.partition() or 0), -1):
                     skipped[table] = skipped.get(table, 0) + 1
                     continue
-                row = tag_row(rec)
             except (DecodeError, InvalidTenant, KeyError, TypeError, ValueError) as e:
                 dead.append(
                     dead_letter_from_message(
@@ -125,14 +143,6 @@ class SinkHandler:
             if len(g.rows) - g.queued >= per:
                 # queue full messages while decoding goes on: Zerobus works on them meanwhile
                 self._queue(g)
-        for table, n in skipped.items():
-            self.skipped += n
-            SKIPPED.labels(table).inc(n)
-            log.info("%d record(s) of a retried batch were acknowledged by %s before; not sent again", n, table)
-        for g in groups.values():
-            self._queue(g)
-        dead += self._settle(list(groups.values()))
-        return Outcome(dead=dead)
 
     def _mark(self, g: _Group) -> None:
         """Remember that the group's table holds its records, in case the batch is retried."""

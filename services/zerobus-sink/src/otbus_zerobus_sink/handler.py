@@ -171,13 +171,14 @@ class SinkHandler:
         """Wait for every table's acknowledgment; dead-letter rejected records; raise if any must be retried."""
         dead: list[DeadLetter] = []
         transient: list[str] = []
+        held: list[_Group] = []  # acknowledged whole: marked if the batch has to be retried
         for g in groups:
             t, error = g.target, g.error
             if error is None:
                 try:
                     t.stream.wait_for_offset(g.offset)
                     record_success(t, len(g.rows), time.perf_counter() - (g.t0 or 0.0))
-                    self._mark(g)
+                    held.append(g)
                     continue
                 except Exception as e:
                     error = e
@@ -186,7 +187,7 @@ class SinkHandler:
                 try:
                     rejected = self._narrow_down(t, g.msgs, g.rows, error)
                     if not rejected:  # records with a reason are not marked: a retry dead-letters them
-                        self._mark(g)
+                        held.append(g)
                     dead += rejected
                     continue
                 except Exception as e:  # the table, not a record: retried later
@@ -195,6 +196,8 @@ class SinkHandler:
             record_failure(t, "refused" if isinstance(error, TargetRefused) else "transient", error)
             transient.append(f"{t.table}: {type(error).__name__}: {error}")
         if transient:
+            for g in held:
+                self._mark(g)
             raise TransientError("; ".join(transient)[:2000])
         return dead
 

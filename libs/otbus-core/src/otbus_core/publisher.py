@@ -106,6 +106,20 @@ def _columns(
 
 
 _BROKER_DOWN = frozenset({KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT, KafkaError._RESOLVE})
+# errors that asking again does not cure (not allowed to read the topic, a misconfiguration)
+_LASTING = frozenset(
+    {
+        KafkaError.TOPIC_AUTHORIZATION_FAILED,
+        KafkaError.GROUP_AUTHORIZATION_FAILED,
+        KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+        KafkaError.SASL_AUTHENTICATION_FAILED,
+        KafkaError._AUTHENTICATION,
+        KafkaError._SSL,
+        KafkaError._INVALID_ARG,
+        KafkaError._UNSUPPORTED_FEATURE,
+        KafkaError.UNSUPPORTED_VERSION,
+    }
+)
 
 
 class SpoolDrainer:
@@ -159,6 +173,8 @@ class SpoolDrainer:
         self._check_resend = spool.depth_records > 0
         self._already_sent: set[int] = set()  # spool seqs found in Kafka: acknowledged, not sent
         self.skipped_resends = 0
+        self.lookup_patience = 120.0
+        """Seconds an unexplained error may keep the look-up from finishing before the records are sent anyway."""
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="spool-drainer", daemon=True)
 
@@ -238,17 +254,22 @@ class SpoolDrainer:
         since_ms = min(uuid7_millis(i.decode()) for i in by_id) - 60_000  # allow for clock steps
         topics = {r.topic for _, r in window}
         delay = 0.5
+        started = time.monotonic()
         while not self._stop.is_set():
             try:
                 found, complete = find_event_ids(self._config, topics, by_id.keys(), since_ms)
                 break
             except KafkaException as e:
                 err = e.args[0]
-                away = err.retriable() or err.code() in _BROKER_DOWN or err.code() == KafkaError._TIMED_OUT
-                if not away:  # a lasting error, e.g. not allowed to read the topic
+                code = err.code()
+                # Just after a broker restart, partition errors (UNKNOWN_LEADER_EPOCH, NOT_LEADER...)
+                # come without librdkafka's retriable flag; giving up on them sent records twice.
+                lasting = code in _LASTING or time.monotonic() - started > self.lookup_patience
+                if lasting and not (code in _BROKER_DOWN or code == KafkaError._TIMED_OUT):
                     log.warning("cannot look for already delivered records (%s); sending them (at least once)", err)
                     return
-                self._broker_down(str(e))  # the broker is away: nothing could be sent either
+                log.info("looking for already delivered records: %s; asking again in %.1fs", err, delay)
+                self._broker_down(str(e))  # nothing could be sent either
                 self._stop.wait(delay)
                 delay = min(10.0, delay * 2)
         else:

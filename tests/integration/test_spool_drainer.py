@@ -1,5 +1,6 @@
 """The spool drainer against real Kafka: records an earlier process got into Kafka without
-hearing back are recognised after a restart and not sent twice."""
+hearing back are recognised after a restart and not sent twice; and the batcher in front
+of it publishes at once while Kafka has everything, and batches while records queue up."""
 
 from __future__ import annotations
 
@@ -8,15 +9,21 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Producer
 
+from otbus_core.adapter import AdapterSettings, Batcher
+from otbus_core.codec import AvroCodec
 from otbus_core.ids import uuid7
 from otbus_core.kafka import admin_client
-from otbus_core.publisher import SpoolDrainer
+from otbus_core.publisher import RawEncoder, Reading, SpoolDrainer
+from otbus_core.schemas import RAW_READING_BATCH
 from otbus_core.settings import OtbusSettings
+from otbus_core.sources import SourceConfig
 from otbus_core.spool import Spool, SpoolRecord
 from otbus_core.topics import TopicSpec, ensure_topics, raw_topic
 from tests.support import Infra, read_topic, wait_until
 
 pytestmark = pytest.mark.integration
+
+CODEC = AvroCodec()
 
 
 def test_records_already_in_kafka_are_acknowledged_not_sent_again(infra: Infra, tenant: str, tmp_path: Path) -> None:
@@ -66,3 +73,64 @@ def test_a_fresh_spool_does_not_look_in_kafka(infra: Infra, tenant: str, tmp_pat
         drainer.stop()
         spool.close()
     assert drainer.skipped_resends == 0 and drainer.delivered_records == 1
+
+
+class _Runtime:
+    """What the batcher uses of an adapter runtime: settings, encoder and spool (all real)."""
+
+    def __init__(self, settings: AdapterSettings, spool: Spool) -> None:
+        self.settings = settings
+        self.spool = spool
+        self.encoder = RawEncoder(AvroCodec())
+
+
+def _readings_per_record(bootstrap: str, topic: str) -> list[int]:
+    return [len(CODEC.decode(m.value(), RAW_READING_BATCH)["tags"]) for m in read_topic(bootstrap, topic)]
+
+
+def test_readings_go_out_at_once_while_kafka_has_everything(infra: Infra, tenant: str, tmp_path: Path) -> None:
+    # a linger far longer than the test: only the idle rule can publish these readings
+    settings = AdapterSettings(kafka_bootstrap=infra.kafka_bootstrap, tenant=tenant)
+    src = SourceConfig(name="dev1", protocol="modbus", endpoint="modbus://127.0.0.1:1")
+    spool = Spool(tmp_path / "spool", max_bytes=1 << 20)
+    drainer = SpoolDrainer(spool, settings)
+    batcher = Batcher(_Runtime(settings, spool), 1000, linger=600.0, idle=lambda: spool.depth_records == 0)  # type: ignore[arg-type]
+    drainer.on_idle = batcher.wake
+    drainer.start()
+    batcher.start()
+    try:
+        batcher.add(src, "modbus", [Reading("a", 1)])
+        wait_until(lambda: drainer.delivered_readings == 1, 20, "the first reading delivered")
+        # acknowledged: the next one goes out at once too
+        batcher.add(src, "modbus", [Reading("a", 2)])
+        wait_until(lambda: drainer.delivered_readings == 2, 20, "the second reading delivered")
+    finally:
+        batcher.stop()
+        drainer.stop()
+        spool.close()
+    assert _readings_per_record(infra.kafka_bootstrap, raw_topic(tenant, "modbus")) == [1, 1]
+
+
+def test_readings_wait_for_company_while_records_are_queued(infra: Infra, tenant: str, tmp_path: Path) -> None:
+    settings = AdapterSettings(kafka_bootstrap=infra.kafka_bootstrap, tenant=tenant)
+    src = SourceConfig(name="dev1", protocol="modbus", endpoint="modbus://127.0.0.1:1")
+    spool = Spool(tmp_path / "spool", max_bytes=1 << 20)
+    batcher = Batcher(_Runtime(settings, spool), 1000, linger=0.5, idle=lambda: spool.depth_records == 0)  # type: ignore[arg-type]
+    batcher.start()
+    try:
+        batcher.add(src, "modbus", [Reading("a", 0)])  # nothing queued: out at once
+        wait_until(lambda: spool.depth_records == 1, 20, "the first record spooled")
+        # no drainer yet, so that record stays queued: the next readings wait for the linger
+        for i in range(1, 6):
+            batcher.add(src, "modbus", [Reading("a", i)])
+        wait_until(lambda: spool.depth_records == 2, 20, "the second record spooled")
+        drainer = SpoolDrainer(spool, settings)
+        drainer.start()
+        try:
+            wait_until(lambda: spool.depth_records == 0, 20, "the spool drained")
+        finally:
+            drainer.stop()
+    finally:
+        batcher.stop()
+        spool.close()
+    assert _readings_per_record(infra.kafka_bootstrap, raw_topic(tenant, "modbus")) == [1, 5]

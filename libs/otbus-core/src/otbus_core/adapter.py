@@ -64,6 +64,9 @@ class AdapterSettings(OtbusSettings):
     """Readings per raw record at most."""
     batch_linger_ms: int = Field(5, ge=0, le=60_000)
     """How long a source's readings may wait for company before they are published."""
+    batch_when_idle: bool = True
+    """Publish at once, without the linger, while Kafka has everything published so far (Nagle's
+    rule: low latency at low rates, full batches once records queue up)."""
     peer_unreachable_after_s: float = Field(15.0, gt=0)
     """/readyz fails when an enabled source has been disconnected this long."""
     broker_unreachable_after_s: float = Field(15.0, gt=0)
@@ -175,10 +178,14 @@ class Batcher:
     flusher falls behind (spool full under `block`), `add` waits: memory stays bounded.
     """
 
-    def __init__(self, runtime: AdapterRuntime[Any], max_readings: int, linger: float) -> None:
+    def __init__(
+        self, runtime: AdapterRuntime[Any], max_readings: int, linger: float, idle: Callable[[], bool] | None = None
+    ) -> None:
         self.runtime = runtime
         self.max_readings = max_readings
         self.linger = linger
+        self.idle = idle
+        """When given and true, buffers are published without waiting for their linger."""
         self.max_buffered = max(100_000, max_readings * 20)
         self._buffers: dict[tuple[str, str], _Buffer] = {}
         self._buffered = 0
@@ -214,16 +221,27 @@ class Batcher:
                 self._full.set()
 
     def _run(self) -> None:
+        idle = self.idle
         while not self._stop.is_set():
             with self._cond:
                 oldest = min((b.since for b in self._buffers.values()), default=None)
-            # sleep until the oldest buffer is due (or a buffer fills up, or readings arrive)
-            wait = self.linger if oldest is None else max(0.0, oldest + self.linger - time.monotonic())
+            # Sleep until the oldest buffer is due (or a buffer fills up, or readings arrive, or
+            # Kafka has acknowledged everything: `wake`). With nothing in flight there is no one
+            # to wait for, so what has come in goes out now and batches grow only under load.
+            if oldest is not None and idle is not None and idle():
+                wait = 0.0
+            else:
+                wait = self.linger if oldest is None else max(0.0, oldest + self.linger - time.monotonic())
             if wait > 0:
                 self._full.wait(wait)
             self._full.clear()
-            self._flush(force=False)
+            self._flush(force=idle is not None and idle())
         self._flush(force=True)
+
+    def wake(self) -> None:
+        """Everything published so far is acknowledged (called by the spool drainer)."""
+        if self._buffered:
+            self._full.set()
 
     def _flush(self, force: bool) -> None:
         now = time.monotonic()
@@ -289,7 +307,14 @@ class AdapterRuntime(Generic[SC]):
             AvroCodec(schema_registry_url=settings.schema_registry_url), settings.batch_max_readings
         )
         self.drainer = SpoolDrainer(self.spool, settings, unreachable_after=settings.broker_unreachable_after_s)
-        self.batcher = Batcher(self, settings.batch_max_readings, settings.batch_linger_ms / 1000)
+        self.batcher = Batcher(
+            self,
+            settings.batch_max_readings,
+            settings.batch_linger_ms / 1000,
+            idle=(lambda: self.spool.depth_records == 0) if settings.batch_when_idle else None,
+        )
+        if settings.batch_when_idle:
+            self.drainer.on_idle = self.batcher.wake
         self.states: dict[str, SourceState] = {}
         self.dead_letters = 0
         self._tasks: dict[str, asyncio.Task[None]] = {}

@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from confluent_kafka import KafkaError, KafkaException, Message
@@ -146,6 +146,9 @@ class SpoolDrainer:
         self.unreachable_after = unreachable_after
         conf = {
             **PRODUCER_DEFAULTS,
+            # the batcher has made the records (up to batch_max_readings readings each) and holds
+            # them back itself while earlier ones are in flight; a long linger here only adds delay
+            "linger.ms": 1,
             **base_config(settings),
             "message.timeout.ms": 0,  # never: the spool is the buffer, order is kept
             "error_cb": self._on_error,
@@ -173,6 +176,8 @@ class SpoolDrainer:
         self._check_resend = spool.depth_records > 0
         self._already_sent: set[int] = set()  # spool seqs found in Kafka: acknowledged, not sent
         self.skipped_resends = 0
+        self.on_idle: Callable[[], None] | None = None
+        """Called when the spool is empty and everything sent is acknowledged."""
         self.lookup_patience = 120.0
         """Seconds an unexplained error may keep the look-up from finishing before the records are sent anyway."""
         self._stop = threading.Event()
@@ -200,8 +205,12 @@ class SpoolDrainer:
             while not self._stop.is_set() and self.fatal is None:
                 room = self.max_in_flight - len(self._inflight)
                 if room > 0:
-                    self._send(self.spool.read(min(room, 500), timeout=0.0 if self._inflight else 0.05))
-                self.producer.poll(0.005 if self._inflight else 0)
+                    # wait on the spool, which wakes us the moment a record comes in; delivery
+                    # reports are served between waits (the producer's poll cannot be woken)
+                    self._send(self.spool.read(min(room, 500), timeout=0.002 if self._inflight else 0.05))
+                    self.producer.poll(0)
+                else:
+                    self.producer.poll(0.005)
                 self._advance()
         except Exception:
             log.exception("spool drainer failed")
@@ -317,6 +326,8 @@ class SpoolDrainer:
             acked = seq + 1
         if acked is not None:
             self.spool.ack(acked)
+            if self.on_idle is not None and not self._inflight and self.spool.depth_records == 0:
+                self.on_idle()
 
     # -- state ----------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ import threading
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from confluent_kafka import Message, Producer
@@ -152,3 +153,37 @@ def test_a_fenced_transactional_producer_is_replaced_and_nothing_is_lost_or_doub
     got = Counter(m.value() for m in copies)
     assert set(got) == expected
     assert max(got.values()) == 1, [v for v, n in got.items() if n > 1][:5]
+
+
+class _LeavesItPaused(ConsumerRunner):
+    """A runner that, after its first batch, finds its partitions paused by no retry of its own
+    (as a pause left over across a lost assignment would leave them)."""
+
+    paused_once = False
+
+    def _process(self, consumer: Any, batch: list[Message]) -> None:
+        super()._process(consumer, batch)
+        if not self.paused_once:
+            self.paused_once = True
+            consumer.pause(consumer.assignment())
+
+
+def test_partitions_left_paused_with_records_waiting_are_resumed(infra: Infra, tenant: str, source: str) -> None:
+    settings = OtbusSettings(kafka_bootstrap=infra.kafka_bootstrap, metadata_refresh_ms=1000)
+    handler = Handler(tenant)
+    config = RunnerConfig(stage="test-runner", group_id=f"g-{uuid.uuid4().hex[:8]}", topics=[source], batch_size=10)
+    runner = _LeavesItPaused(settings, config, handler, AvroCodec())
+    runner.stall_after = 2.0
+    runner.lag_interval = 0.5
+    th = threading.Thread(target=runner.run)
+    th.start()
+    try:
+        _produce(infra, source, tenant, [b"first"])
+        wait_until(lambda: runner.paused_once, 60, "the first batch")
+        values = [f"v{i}".encode() for i in range(50)]
+        _produce(infra, source, tenant, values)
+        wait_until(lambda: set(handler.seen) >= set(values), 60, "the records after the pause handled")
+    finally:
+        runner.stop()
+        th.join(30)
+    assert not th.is_alive()

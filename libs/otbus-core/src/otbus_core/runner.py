@@ -106,6 +106,11 @@ class ConsumerRunner:
         self.lag_interval = 2.0
         self._lag_at = 0.0
         self._lag_snapshot: list[dict[str, Any]] = []
+        self.stall_after = 30.0
+        """Seconds without a record, with lag and no retry pending, after which the runner says so
+        in its log with what it knows (assignment, positions, pauses) and resumes every partition."""
+        self._record_at = time.monotonic()
+        self._stall_logged = 0.0
         self._attempts: dict[tuple[str, int, int], int] = {}
         self._paused: list[TopicPartition] = []
         self._resume_at = 0.0
@@ -185,6 +190,7 @@ class ConsumerRunner:
                 if first is None:
                     self._refresh_lag(consumer)
                     continue
+                self._record_at = self.last_loop
                 msgs = (
                     [first, *consumer.consume(self.config.batch_size - 1, 0)] if self.config.batch_size > 1 else [first]
                 )
@@ -193,6 +199,7 @@ class ConsumerRunner:
                 batch = self._usable(msgs)
                 if batch:
                     self._process(consumer, batch)
+                    self._record_at = time.monotonic()  # a batch can take long (isolation): not a stall
                 self._refresh_lag(consumer)
         finally:
             log.info("%s stopping: closing consumer", self.config.stage)
@@ -554,6 +561,35 @@ class ConsumerRunner:
             out.append({"topic": tp.topic, "partition": tp.partition, "committed": committed, "high": high, "lag": lag})
         self._lag_snapshot = out
         self.sensor.on_lag(total)
+        if total > 0 and not self._paused and now - self._record_at > self.stall_after:
+            self._unstall(consumer, now, out)
+
+    def _unstall(self, consumer: Consumer, now: float, lags: list[dict[str, Any]]) -> None:
+        """Records are waiting, none has come for a while and no retry holds them back: a partition
+        left paused (or a fetch stuck) across a lost assignment. Say what is known, resume them all."""
+        if now - self._stall_logged < self.stall_after:
+            return
+        self._stall_logged = now
+        assigned = consumer.assignment()
+        try:
+            positions = {(tp.topic, tp.partition): tp.offset for tp in consumer.position(assigned)}
+        except KafkaException as e:
+            positions = {}
+            log.info("positions unknown: %s", e)
+        log.warning(
+            "%s: no record for %.0fs with lag %s; assignment %s, positions %s; resuming every assigned partition",
+            self.config.stage,
+            now - self._record_at,
+            [(x["topic"], x["partition"], x["lag"]) for x in lags if x["lag"]],
+            [(tp.topic, tp.partition) for tp in assigned],
+            positions,
+        )
+        self.sensor.on_retry("stall")
+        if assigned:
+            try:
+                consumer.resume(assigned)
+            except KafkaException as e:
+                log.info("resume skipped: %s", e)
 
 
 def _first_position(batch: list[Message]) -> tuple[str, int, int]:

@@ -470,6 +470,7 @@ sources:
     consumer.subscribe([raw_topic(tenant, "mqtt")])
     lat: list[float] = []
     to_produce: list[float] = []  # publish -> the adapter's produce() (ms resolution)
+    sent_at: list[int] = []  # publish times (µs), to see when the slow ones were sent
     stop = threading.Event()
 
     def consume() -> None:
@@ -489,6 +490,7 @@ sources:
                     if t != NONE:
                         lat.append((now - t) / 1000)
                         to_produce.append((produced - t) / 1000)
+                        sent_at.append(t)
 
     th = threading.Thread(target=consume)
     th.start()
@@ -513,11 +515,20 @@ sources:
         th.join()
         consumer.close()
         svc.stop()
-    lat = lat[len(lat) // 10 :]  # past the warm-up (topic creation, first fetch)
-    to_produce = to_produce[len(to_produce) // 10 :]
+    skip = len(lat) // 10  # past the warm-up (topic creation, first fetch)
+    lat, to_produce, sent_at = lat[skip:], to_produce[skip:], sent_at[skip:]
+    # the slowest readings and when they were sent (s into the measured window): a regular
+    # interval between them points at a periodic pause (GC, fsync, metadata refresh)
+    t0 = sent_at[0] if sent_at else 0
+    slowest = sorted(zip(lat, to_produce, sent_at, strict=True), reverse=True)[:15]
+    slow = [
+        (round((t - t0) / 1e6, 3), round(total, 1), round(prod, 1))
+        for total, prod, t in sorted(slowest, key=lambda x: x[2])
+    ]
     p50, p99 = percentile(lat, 50), percentile(lat, 99)
     log(f"publish -> adapter produce(): p50 {percentile(to_produce, 50)} ms, p99 {percentile(to_produce, 99)} ms")
     log(f"adapter -> raw topic latency: p50 {p50:.1f} ms, p99 {p99:.1f} ms ({len(lat)} readings)")
+    log(f"slowest (s into the window, total ms, to produce() ms): {slow}")
     return Entry(
         "adapter_latency_mqtt",
         "ms",
@@ -532,6 +543,8 @@ sources:
             "rate_per_s": rate,
             "publish_to_produce_p50_ms": percentile(to_produce, 50),
             "publish_to_produce_p99_ms": percentile(to_produce, 99),
+            "over_20_ms": sum(1 for x in lat if x > 20),
+            "slowest_at_s_total_ms_to_produce_ms": slow,
         },
     )
 

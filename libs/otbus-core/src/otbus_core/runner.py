@@ -176,7 +176,7 @@ class ConsumerRunner:
         """Consume until `stop()`; then finish the batch in hand, commit and close."""
         consumer = Consumer(self._consumer_config())
         if self.config.transactional:
-            self._retrying("init_transactions", lambda: self.producer.raw.init_transactions(30))
+            self._retrying("init_transactions", self._init_transactions)
         consumer.subscribe(list(self.config.topics), on_assign=self._on_assign, on_revoke=self._on_revoke)
         log.info("%s consuming %s as group %s", self.config.stage, list(self.config.topics), self.config.group_id)
         try:
@@ -353,12 +353,15 @@ class ConsumerRunner:
         p.begin_transaction()
         try:
             self._produce(outcome_of())
-            p.send_offsets_to_transaction(_next_offsets(batch), consumer.consumer_group_metadata(), 30)
+            offsets, group = _next_offsets(batch), consumer.consumer_group_metadata()
+            _bounded("send_offsets_to_transaction", lambda: p.send_offsets_to_transaction(offsets, group, 30), 30)
+        except FatalError:
+            raise  # the producer is stuck: it is replaced, an abort would only wait on it too
         except BaseException:
             self._abort()
             raise
         try:
-            p.commit_transaction(30)
+            _bounded("commit_transaction", lambda: p.commit_transaction(30), 30)
         except KafkaException as e:
             err = e.args[0]
             if err.txn_requires_abort():
@@ -369,11 +372,16 @@ class ConsumerRunner:
             # away, so the producer is replaced instead (see _renew_producer).
             raise FatalError(f"commit_transaction failed: {err}; the transaction's outcome is unknown") from e
 
+    def _init_transactions(self) -> None:
+        raw = self.producer.raw
+        _bounded("init_transactions", lambda: raw.init_transactions(30), 30)
+
     def _abort(self) -> None:
         delay = self.config.backoff_initial
+        raw = self.producer.raw
         for _ in range(5):
             try:
-                self.producer.raw.abort_transaction(30)
+                _bounded("abort_transaction", lambda: raw.abort_transaction(30), 30)
                 return
             except KafkaException as e:
                 err = e.args[0]
@@ -410,7 +418,7 @@ class ConsumerRunner:
             old.raw.purge()
         except KafkaException as e:
             log.info("purge of the failed producer: %s", e)
-        self._retrying("init_transactions", lambda: self.producer.raw.init_transactions(30))
+        self._retrying("init_transactions", self._init_transactions)
         self._retrying("rewind to the committed offsets", lambda: self._rewind_to_committed(consumer))
         return not self._stop.is_set()
 
@@ -590,6 +598,34 @@ class ConsumerRunner:
                 consumer.resume(assigned)
             except KafkaException as e:
                 log.info("resume skipped: %s", e)
+
+
+def _bounded(what: str, call: Callable[[], object], timeout: float, grace: float = 15.0) -> None:
+    """`call()` (a transactional API call given `timeout` seconds), on a thread of its own.
+
+    librdkafka does not always keep the timeout of its transactional calls: a coordinator
+    request that lost its broker (Kafka restarted) can wait forever (confluentinc/librdkafka
+    #5456, #5511; seen here as a normalizer stuck in send_offsets_to_transaction long after
+    Kafka was back). When the call has not returned `grace` seconds after its own timeout,
+    FatalError says so and the producer is replaced; the stuck thread is left behind.
+    """
+    done = threading.Event()
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            call()
+            outcome.append(None)
+        except BaseException as e:
+            outcome.append(e)
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name=what, daemon=True).start()
+    if not done.wait(timeout + grace):
+        raise FatalError(f"{what} did not return within {timeout + grace:.0f}s (its timeout is {timeout:.0f}s)")
+    if outcome[0] is not None:
+        raise outcome[0]
 
 
 def _first_position(batch: list[Message]) -> tuple[str, int, int]:

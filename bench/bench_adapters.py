@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import subprocess
 import sys
@@ -168,6 +169,21 @@ def _session(client_id: str, topic: str) -> None:
     c.disconnect()
 
 
+def _forget_session(client_id: str) -> None:
+    """End `client_id`'s persistent session at the broker (a clean start with no expiry), so the
+    messages later benchmarks publish are not queued for it: Mosquitto writes its whole store to
+    disk every autosave interval (60 s here) and, with 100,000 messages queued for a forgotten
+    session, that save stalled every client for about 400 ms in the middle of the latency run."""
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    props.SessionExpiryInterval = 0
+    c.connect(*_mqtt_hostport(), 60, clean_start=True, properties=props)
+    c.loop_start()
+    time.sleep(0.2)
+    c.loop_stop()
+    c.disconnect()
+
+
 def _bare_drain(client_id: str, topic: str, total: int, parse: Any = None) -> float:
     """A bare paho subscriber draining `total` queued messages from its session; messages/s."""
     c, props = _persistent_client(client_id)
@@ -215,10 +231,12 @@ sources:
     pub_rate = _publish_all(msgs)
     r = _drain_rate(svc, n)
     svc.stop()
+    _forget_session(cid)
     bare_id = f"bench-bare-json-{tenant}"
     _session(bare_id, f"{topic}/#")
     _publish_all(msgs)
     bare = _bare_drain(bare_id, f"{topic}/#", n)
+    _forget_session(bare_id)
     log(f"mqtt json: adapter {r['per_s']:,.0f} msg/s, bare {bare:,.0f} msg/s (publisher {pub_rate:,.0f}/s)")
     return Entry(
         "adapter_mqtt_json",
@@ -260,12 +278,14 @@ sources:
     _publish_all(msgs)
     r = _drain_rate(svc, total)
     svc.stop()
+    _forget_session(cid)
     from otbus_core.sparkplug import decode_payload
 
     bare_id = f"bench-bare-spb-{tenant}"
     _session(bare_id, f"{base}/#")
     _publish_all(msgs)
     bare_msgs = _bare_drain(bare_id, f"{base}/#", len(msgs), parse=lambda p: len(decode_payload(bytes(p)).metrics))
+    _forget_session(bare_id)
     bare = bare_msgs * per
     log(f"sparkplug: adapter {r['per_s']:,.0f} metrics/s, bare {bare:,.0f} metrics/s")
     return Entry(
@@ -492,6 +512,10 @@ sources:
                         to_produce.append((produced - t) / 1000)
                         sent_at.append(t)
 
+    # the measuring process must not pause itself: a full collection here (earlier benchmarks
+    # left plenty to walk) showed up as a 100 ms stall of the adapter
+    gc.collect()
+    gc.disable()
     th = threading.Thread(target=consume)
     th.start()
     host, port = _mqtt_hostport()
@@ -514,7 +538,9 @@ sources:
         stop.set()
         th.join()
         consumer.close()
+        gc.enable()
         svc.stop()
+        _forget_session(f"otbus-bench-lat-{tenant}")
     skip = len(lat) // 10  # past the warm-up (topic creation, first fetch)
     lat, to_produce, sent_at = lat[skip:], to_produce[skip:], sent_at[skip:]
     # the slowest readings and when they were sent (s into the measured window): a regular

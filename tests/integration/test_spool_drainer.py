@@ -4,6 +4,7 @@ of it publishes at once while Kafka has everything, and batches while records qu
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -89,40 +90,45 @@ def _readings_per_record(bootstrap: str, topic: str) -> list[int]:
 
 
 def test_readings_go_out_at_once_while_kafka_has_everything(infra: Infra, tenant: str, tmp_path: Path) -> None:
-    # a linger far longer than the test: only the idle rule can publish these readings
+    # a linger far longer than the test: only the idle rule (and the drainer's wake-up) can publish
     settings = AdapterSettings(kafka_bootstrap=infra.kafka_bootstrap, tenant=tenant)
     src = SourceConfig(name="dev1", protocol="modbus", endpoint="modbus://127.0.0.1:1")
     spool = Spool(tmp_path / "spool", max_bytes=1 << 20)
+    runtime = _Runtime(settings, spool)
+    spool.append(runtime.encoder.records(tenant, "modbus", "dev1", {}, [Reading("a", 0)]))  # queued
     drainer = SpoolDrainer(spool, settings)
-    batcher = Batcher(_Runtime(settings, spool), 1000, linger=600.0, idle=lambda: spool.depth_records == 0)  # type: ignore[arg-type]
+    batcher = Batcher(runtime, 1000, linger=600.0, idle=lambda: spool.depth_records == 0)  # type: ignore[arg-type]
     drainer.on_idle = batcher.wake
-    drainer.start()
     batcher.start()
     try:
-        batcher.add(src, "modbus", [Reading("a", 1)])
-        wait_until(lambda: drainer.delivered_readings == 1, 20, "the first reading delivered")
-        # acknowledged: the next one goes out at once too
-        batcher.add(src, "modbus", [Reading("a", 2)])
-        wait_until(lambda: drainer.delivered_readings == 2, 20, "the second reading delivered")
+        batcher.add(src, "modbus", [Reading("a", 1)])  # a record is queued: this one waits
+        time.sleep(0.5)
+        assert spool.depth_records == 1
+        drainer.start()  # delivers the queued record, and its acknowledgment wakes the batcher
+        wait_until(lambda: drainer.delivered_readings == 2, 20, "the waiting reading delivered")
+        batcher.add(src, "modbus", [Reading("a", 2)])  # nothing queued: out at once
+        wait_until(lambda: drainer.delivered_readings == 3, 20, "the third reading delivered")
     finally:
         batcher.stop()
         drainer.stop()
         spool.close()
-    assert _readings_per_record(infra.kafka_bootstrap, raw_topic(tenant, "modbus")) == [1, 1]
+    assert _readings_per_record(infra.kafka_bootstrap, raw_topic(tenant, "modbus")) == [1, 1, 1]
 
 
 def test_readings_wait_for_company_while_records_are_queued(infra: Infra, tenant: str, tmp_path: Path) -> None:
     settings = AdapterSettings(kafka_bootstrap=infra.kafka_bootstrap, tenant=tenant)
     src = SourceConfig(name="dev1", protocol="modbus", endpoint="modbus://127.0.0.1:1")
     spool = Spool(tmp_path / "spool", max_bytes=1 << 20)
-    batcher = Batcher(_Runtime(settings, spool), 1000, linger=0.5, idle=lambda: spool.depth_records == 0)  # type: ignore[arg-type]
+    batcher = Batcher(_Runtime(settings, spool), 1000, linger=5.0, idle=lambda: spool.depth_records == 0)  # type: ignore[arg-type]
     batcher.start()
     try:
-        batcher.add(src, "modbus", [Reading("a", 0)])  # nothing queued: out at once
-        wait_until(lambda: spool.depth_records == 1, 20, "the first record spooled")
+        batcher.add(src, "modbus", [Reading("a", 0)])  # nothing queued: out at once, not after 5 s
+        wait_until(lambda: spool.depth_records == 1, 2, "the first record spooled")
         # no drainer yet, so that record stays queued: the next readings wait for the linger
         for i in range(1, 6):
             batcher.add(src, "modbus", [Reading("a", i)])
+        time.sleep(1.0)
+        assert spool.depth_records == 1
         wait_until(lambda: spool.depth_records == 2, 20, "the second record spooled")
         drainer = SpoolDrainer(spool, settings)
         drainer.start()

@@ -82,8 +82,10 @@ def find_event_ids(
         for topic in topics:
             md = c.list_topics(topic, timeout=10)
             t = md.topics.get(topic)
-            if t is None or t.error is not None:
+            if t is None or (t.error is not None and t.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART):
                 continue  # no such topic: nothing of ours can be in it
+            if t.error is not None:  # e.g. no leader yet after a restart: not an answer
+                raise KafkaException(t.error)
             parts = [TopicPartition(topic, p, since_ms) for p in t.partitions]
             for tp in c.offsets_for_times(parts, timeout=10):
                 if tp.error is not None:

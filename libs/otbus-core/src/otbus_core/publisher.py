@@ -204,11 +204,14 @@ class SpoolDrainer:
                 self._find_already_sent()
             while not self._stop.is_set() and self.fatal is None:
                 room = self.max_in_flight - len(self._inflight)
-                if room > 0:
+                if room > 0 and self.oldest_in_flight_age() < 1.0:
                     # wait on the spool, which wakes us the moment a record comes in; delivery
                     # reports are served between waits (the producer's poll cannot be woken)
                     self._send(self.spool.read(min(room, 500), timeout=0.002 if self._inflight else 0.05))
                     self.producer.poll(0)
+                elif room > 0:  # Kafka is slow or away: no need to look 500 times a second
+                    self._send(self.spool.read(min(room, 500)))
+                    self.producer.poll(0.05)
                 else:
                     self.producer.poll(0.005)
                 self._advance()

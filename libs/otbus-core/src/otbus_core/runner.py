@@ -83,6 +83,10 @@ class _Retry(Exception):
     """A batch (or the rest of one) is to be consumed again after a backoff."""
 
 
+class _Stuck(FatalError):
+    """A librdkafka call did not return long after its own timeout (see `_bounded`)."""
+
+
 class ConsumerRunner:
     def __init__(
         self,
@@ -107,10 +111,10 @@ class ConsumerRunner:
         self._lag_at = 0.0
         self._lag_snapshot: list[dict[str, Any]] = []
         self.stall_after = 30.0
-        """Seconds without a record, with lag and no retry pending, after which the runner says so
-        in its log with what it knows (assignment, positions, pauses) and resumes every partition."""
+        """Seconds without a record and no retry pending after which the runner asks the broker whether
+        records are waiting; if so it says what it knows and resumes every assigned partition."""
         self._record_at = time.monotonic()
-        self._stall_logged = 0.0
+        self._stall_checked = 0.0
         self._attempts: dict[tuple[str, int, int], int] = {}
         self._paused: list[TopicPartition] = []
         self._resume_at = 0.0
@@ -355,7 +359,7 @@ class ConsumerRunner:
             self._produce(outcome_of())
             offsets, group = _next_offsets(batch), consumer.consumer_group_metadata()
             _bounded("send_offsets_to_transaction", lambda: p.send_offsets_to_transaction(offsets, group, 30), 30)
-        except FatalError:
+        except _Stuck:
             raise  # the producer is stuck: it is replaced, an abort would only wait on it too
         except BaseException:
             self._abort()
@@ -402,7 +406,8 @@ class ConsumerRunner:
         assigned partition goes back to its committed offset, so a batch whose commit did land
         is not consumed again and one whose commit did not is: exactly once holds.
         Returns False (the process must restart) outside transactions, while stopping, or when
-        the last renewal was less than a minute ago (another instance keeps fencing this one).
+        the last renewal was less than a minute ago (another instance keeps fencing this one);
+        an init_transactions that never returns raises (_Stuck): the process restarts then too.
         """
         now = time.monotonic()
         if self._txn_id is None or self._stop.is_set() or now - self._renewed_at < 60:
@@ -569,35 +574,51 @@ class ConsumerRunner:
             out.append({"topic": tp.topic, "partition": tp.partition, "committed": committed, "high": high, "lag": lag})
         self._lag_snapshot = out
         self.sensor.on_lag(total)
-        if total > 0 and not self._paused and now - self._record_at > self.stall_after:
-            self._unstall(consumer, now, out)
+        if (
+            not self._paused
+            and now - self._record_at > self.stall_after
+            and now - self._stall_checked > self.stall_after
+        ):
+            self._stall_checked = now
+            self._unstall(consumer, now)
 
-    def _unstall(self, consumer: Consumer, now: float, lags: list[dict[str, Any]]) -> None:
-        """Records are waiting, none has come for a while and no retry holds them back: a partition
-        left paused (or a fetch stuck) across a lost assignment. Say what is known, resume them all."""
-        if now - self._stall_logged < self.stall_after:
-            return
-        self._stall_logged = now
+    def _unstall(self, consumer: Consumer, now: float) -> None:
+        """No record for a while and no retry of ours holds any back: ask the broker whether records
+        are waiting (the cached watermarks of a paused partition stand still, so they cannot tell).
+        If they are, a partition was left paused (or its fetch is stuck) across a lost assignment:
+        say what is known and resume every assigned partition."""
         assigned = consumer.assignment()
+        if not assigned:
+            return
         try:
             positions = {(tp.topic, tp.partition): tp.offset for tp in consumer.position(assigned)}
+            committed = {(tp.topic, tp.partition): tp.offset for tp in consumer.committed(assigned, timeout=5)}
+            waiting = []
+            for tp in assigned:
+                key = (tp.topic, tp.partition)
+                # the high offset the broker gives a read_committed consumer is the last stable one
+                _low, high = consumer.get_watermark_offsets(tp, timeout=5, cached=False)
+                done = max(positions.get(key, -1), committed.get(key, -1), 0)
+                if high > done:
+                    waiting.append((tp.topic, tp.partition, done, high))
         except KafkaException as e:
-            positions = {}
-            log.info("positions unknown: %s", e)
+            log.info("%s: could not check for waiting records: %s", self.config.stage, e)
+            return
+        if not waiting:
+            return
         log.warning(
-            "%s: no record for %.0fs with lag %s; assignment %s, positions %s; resuming every assigned partition",
+            "%s: no record for %.0fs while records wait (topic, partition, at, end): %s; assignment %s;"
+            " resuming every assigned partition",
             self.config.stage,
             now - self._record_at,
-            [(x["topic"], x["partition"], x["lag"]) for x in lags if x["lag"]],
+            waiting,
             [(tp.topic, tp.partition) for tp in assigned],
-            positions,
         )
         self.sensor.on_retry("stall")
-        if assigned:
-            try:
-                consumer.resume(assigned)
-            except KafkaException as e:
-                log.info("resume skipped: %s", e)
+        try:
+            consumer.resume(assigned)
+        except KafkaException as e:
+            log.info("resume skipped: %s", e)
 
 
 def _bounded(what: str, call: Callable[[], object], timeout: float, grace: float = 15.0) -> None:
@@ -623,7 +644,7 @@ def _bounded(what: str, call: Callable[[], object], timeout: float, grace: float
 
     threading.Thread(target=run, name=what, daemon=True).start()
     if not done.wait(timeout + grace):
-        raise FatalError(f"{what} did not return within {timeout + grace:.0f}s (its timeout is {timeout:.0f}s)")
+        raise _Stuck(f"{what} did not return within {timeout + grace:.0f}s (its timeout is {timeout:.0f}s)")
     if outcome[0] is not None:
         raise outcome[0]
 

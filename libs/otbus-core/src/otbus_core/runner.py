@@ -115,6 +115,7 @@ class ConsumerRunner:
         records are waiting; if so it says what it knows and resumes every assigned partition."""
         self._record_at = time.monotonic()
         self._stall_checked = 0.0
+        self._stall_every = self.stall_after
         self._attempts: dict[tuple[str, int, int], int] = {}
         self._paused: list[TopicPartition] = []
         self._resume_at = 0.0
@@ -574,22 +575,26 @@ class ConsumerRunner:
             out.append({"topic": tp.topic, "partition": tp.partition, "committed": committed, "high": high, "lag": lag})
         self._lag_snapshot = out
         self.sensor.on_lag(total)
+        if self._stall_checked < self._record_at:
+            self._stall_every = self.stall_after  # records flowed since the last check
         if (
             not self._paused
             and now - self._record_at > self.stall_after
-            and now - self._stall_checked > self.stall_after
+            and now - self._stall_checked > self._stall_every
         ):
             self._stall_checked = now
-            self._unstall(consumer, now)
+            if not self._unstall(consumer, now):
+                # idle and nothing waiting: ask less and less often (a request per partition)
+                self._stall_every = min(600.0, self._stall_every * 2)
 
-    def _unstall(self, consumer: Consumer, now: float) -> None:
+    def _unstall(self, consumer: Consumer, now: float) -> bool:
         """No record for a while and no retry of ours holds any back: ask the broker whether records
         are waiting (the cached watermarks of a paused partition stand still, so they cannot tell).
         If they are, a partition was left paused (or its fetch is stuck) across a lost assignment:
         say what is known and resume every assigned partition."""
         assigned = consumer.assignment()
         if not assigned:
-            return
+            return False
         try:
             positions = {(tp.topic, tp.partition): tp.offset for tp in consumer.position(assigned)}
             committed = {(tp.topic, tp.partition): tp.offset for tp in consumer.committed(assigned, timeout=5)}
@@ -603,9 +608,9 @@ class ConsumerRunner:
                     waiting.append((tp.topic, tp.partition, done, high))
         except KafkaException as e:
             log.info("%s: could not check for waiting records: %s", self.config.stage, e)
-            return
+            return False
         if not waiting:
-            return
+            return False
         log.warning(
             "%s: no record for %.0fs while records wait (topic, partition, at, end): %s; assignment %s;"
             " resuming every assigned partition",
@@ -619,6 +624,7 @@ class ConsumerRunner:
             consumer.resume(assigned)
         except KafkaException as e:
             log.info("resume skipped: %s", e)
+        return True
 
 
 def _bounded(what: str, call: Callable[[], object], timeout: float, grace: float = 15.0) -> None:

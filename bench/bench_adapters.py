@@ -174,8 +174,7 @@ def _forget_session(client_id: str) -> None:
     messages later benchmarks publish are not queued for it: Mosquitto writes its whole store to
     disk every autosave interval (60 s here) and, with 100,000 messages queued for a forgotten
     session, that save stalled every client for about 400 ms in the middle of the latency run."""
-    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
-    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    c, props = _persistent_client(client_id)
     props.SessionExpiryInterval = 0
     c.connect(*_mqtt_hostport(), 60, clean_start=True, properties=props)
     c.loop_start()

@@ -27,6 +27,17 @@ pytestmark = pytest.mark.integration
 CODEC = AvroCodec()
 
 
+def _drain(spool: Spool, settings: OtbusSettings) -> SpoolDrainer:
+    """A drainer run until the spool is empty, then stopped."""
+    drainer = SpoolDrainer(spool, settings)
+    drainer.start()
+    try:
+        wait_until(lambda: spool.depth_records == 0, 30, "the spool drained")
+    finally:
+        drainer.stop()
+    return drainer
+
+
 def test_records_already_in_kafka_are_acknowledged_not_sent_again(infra: Infra, tenant: str, tmp_path: Path) -> None:
     settings = OtbusSettings(kafka_bootstrap=infra.kafka_bootstrap)
     topic = raw_topic(tenant, "modbus")
@@ -46,12 +57,9 @@ def test_records_already_in_kafka_are_acknowledged_not_sent_again(infra: Infra, 
 
     spool = Spool(tmp_path / "spool", max_bytes=1 << 20)
     assert spool.depth_records == 10
-    drainer = SpoolDrainer(spool, settings)
-    drainer.start()
     try:
-        wait_until(lambda: spool.depth_records == 0, 30, "the spool drained")
+        drainer = _drain(spool, settings)
     finally:
-        drainer.stop()
         spool.close()
     assert drainer.skipped_resends == 4
     assert drainer.delivered_records == 6
@@ -130,12 +138,7 @@ def test_readings_wait_for_company_while_records_are_queued(infra: Infra, tenant
         time.sleep(1.0)
         assert spool.depth_records == 1
         wait_until(lambda: spool.depth_records == 2, 20, "the second record spooled")
-        drainer = SpoolDrainer(spool, settings)
-        drainer.start()
-        try:
-            wait_until(lambda: spool.depth_records == 0, 20, "the spool drained")
-        finally:
-            drainer.stop()
+        _drain(spool, settings)
     finally:
         batcher.stop()
         spool.close()

@@ -43,6 +43,7 @@ __all__ = [
     "AdapterSettings",
     "Source",
     "SourceContext",
+    "checkpoint",
     "create_adapter_app",
     "main_adapter",
 ]
@@ -130,6 +131,19 @@ class SourceContext(Generic[SC]):
     def error(self, message: str) -> None:
         """Note a problem that did not (yet) break the connection; shown by the API."""
         self.state.last_error = message
+
+
+async def checkpoint() -> None:
+    """Raise CancelledError if this task has been asked to stop, even when the request was lost.
+
+    Python 3.11's `asyncio.wait_for` returns the awaited result instead of raising when the
+    cancellation arrives just as that result does (python/cpython#86296, fixed in 3.12), and
+    protocol libraries await every request through it. A source's read loop calls this once
+    per round so a swallowed cancellation still ends it.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 class Source(Protocol):
@@ -336,8 +350,8 @@ class AdapterRuntime(Generic[SC]):
             self._launch(src)
 
     async def stop(self) -> None:
-        for name in list(self._tasks):
-            await self._cancel(name)
+        log.info("adapter stopping: %d sources", len(self._tasks))
+        await asyncio.gather(*(self._cancel(name) for name in list(self._tasks)))
         await asyncio.to_thread(self.batcher.stop)
         # Kafka away: no use waiting for it, what is left stays in the spool for the next start
         await asyncio.to_thread(self.drainer.stop, 1.0 if self.drainer.problem() else 10.0)
@@ -355,12 +369,25 @@ class AdapterRuntime(Generic[SC]):
         if src.enabled:
             self._tasks[src.name] = asyncio.get_running_loop().create_task(self._supervise(src), name=src.name)
 
-    async def _cancel(self, name: str) -> None:
+    async def _cancel(self, name: str, grace: float = 6.0, patience: float = 12.0) -> None:
+        """Stop a source's task: cancel it and give it `grace` seconds to clean up (close its
+        connection); then cancel again every second, as a library may have swallowed the request
+        (see `checkpoint`); after `patience` seconds leave it running, logged."""
         task = self._tasks.pop(name, None)
-        if task is not None:
+        if task is None:
+            return
+        task.cancel()
+        await asyncio.wait([task], timeout=grace)
+        deadline = time.monotonic() + patience - grace
+        while not task.done() and time.monotonic() < deadline:
+            log.warning("source %s is still running after being cancelled: cancelling again", name)
             task.cancel()
-            with suppress(asyncio.CancelledError, Exception):
-                await task
+            await asyncio.wait([task], timeout=1.0)
+        if not task.done():
+            log.error("source %s did not stop within %.0fs of being cancelled: left running", name, patience)
+            return
+        if not task.cancelled() and (e := task.exception()) is not None:
+            log.warning("source %s ended with %s: %s", name, type(e).__name__, e)
 
     async def _supervise(self, src: SC) -> None:
         """Run the source; when it fails, reconnect with exponential backoff and jitter."""

@@ -10,7 +10,7 @@ from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
 from pymodbus.framer import FramerType
 
-from otbus_core.adapter import SourceContext
+from otbus_core.adapter import SourceContext, checkpoint
 from otbus_core.envelope import now_micros
 from otbus_core.publisher import Reading
 from otbus_ingest_modbus.config import ModbusSource
@@ -91,6 +91,7 @@ class ModbusPoller:
             for r in reads:
                 readings += await self._read(ctx, client, r)
             ctx.emit(readings)
+            await checkpoint()  # pymodbus awaits through wait_for, which can swallow a cancel on 3.11
             next_at += interval
             now = loop.time()
             if next_at < now:  # fell behind: skip the missed ticks rather than burst

@@ -27,7 +27,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from otbus_core.adapter import SourceContext
+from otbus_core.adapter import SourceContext, checkpoint
 from otbus_core.envelope import now_micros
 from otbus_core.exceptions import ConfigError
 from otbus_core.publisher import Reading
@@ -302,6 +302,7 @@ class OpcUaReader:
         while True:  # the watchdog: a lost connection ends the subscription
             await asyncio.sleep(c.watchdog_s)
             await client.check_connection()
+            await checkpoint()  # asyncua awaits through wait_for, which can swallow a cancel on 3.11
 
     async def _poll(self, client: Client, ctx: SourceContext[OpcUaSource]) -> None:
         c = self.cfg
@@ -314,6 +315,7 @@ class OpcUaReader:
                 values = await client.read_attributes([p.node for p in chunk], ua.AttributeIds.Value)
                 readings += [_reading(p.tag, dv) for p, dv in zip(chunk, values, strict=True)]
             ctx.emit(readings)
+            await checkpoint()
             next_at += interval
             now = loop.time()
             if next_at < now:

@@ -1,0 +1,128 @@
+"""Stopping an adapter's sources when a protocol library loses the cancellation.
+
+On Python 3.11, `asyncio.wait_for` returns the awaited result instead of raising when the
+cancellation arrives as that result does (python/cpython#86296). pymodbus and asyncua await
+every request through it, so a source's task can run on after `cancel()`: an adapter's
+graceful stop then waited for it forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from otbus_core.adapter import AdapterRuntime, AdapterSettings, SourceContext, checkpoint
+from otbus_core.sources import SourceConfig, SourceStore
+
+
+async def _wait_for_with_a_lost_cancel(then_checkpoint: bool) -> str:
+    """Cancel a task the moment the future it waits for through `wait_for` completes."""
+    fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    async def body() -> str:
+        got = await asyncio.wait_for(fut, 5)
+        if then_checkpoint:
+            await checkpoint()
+        return f"ran on with {got!r}"
+
+    task = asyncio.create_task(body())
+    await asyncio.sleep(0)  # the task now waits inside wait_for
+    fut.set_result("a reply")
+    task.cancel()
+    return await task
+
+
+@pytest.mark.skipif(sys.version_info >= (3, 12), reason="wait_for no longer loses a cancellation")
+async def test_wait_for_loses_the_cancellation_on_this_python() -> None:
+    assert await _wait_for_with_a_lost_cancel(then_checkpoint=False) == "ran on with 'a reply'"
+
+
+async def test_checkpoint_raises_the_cancellation_wait_for_lost() -> None:
+    with pytest.raises(asyncio.CancelledError):
+        await _wait_for_with_a_lost_cancel(then_checkpoint=True)
+
+
+async def test_checkpoint_does_nothing_when_no_one_asked_to_stop() -> None:
+    await checkpoint()
+
+
+class _Deaf:
+    """A source whose reads lose the first `lost` cancellations, as a wait_for can."""
+
+    def __init__(self, lost: int) -> None:
+        self.lost = lost
+        self.stopped = False
+
+    async def run(self, ctx: SourceContext[SourceConfig]) -> None:
+        ctx.connected()
+        try:
+            while True:
+                try:
+                    await asyncio.sleep(0.02)
+                except asyncio.CancelledError:
+                    if self.lost == 0:
+                        raise
+                    self.lost -= 1
+        finally:
+            self.stopped = True
+
+
+@pytest.fixture
+def runtime(tmp_path: Path) -> Iterator[AdapterRuntime[SourceConfig]]:
+    # Nothing here talks to Kafka: only the runtime's source tasks are started and stopped.
+    settings = AdapterSettings(kafka_bootstrap="127.0.0.1:9", state_dir=tmp_path, service_name="test-adapter")
+    store = SourceStore(SourceConfig, ["test"], None, settings.home)
+    rt: AdapterRuntime[SourceConfig] = AdapterRuntime(settings, store, lambda src: _DEAF[src.name])
+    try:
+        yield rt
+    finally:
+        rt.spool.close()
+
+
+_DEAF: dict[str, _Deaf] = {}
+
+
+def _launch(rt: AdapterRuntime[SourceConfig], name: str, source: _Deaf) -> None:
+    _DEAF[name] = source
+    rt._launch(SourceConfig(name=name, protocol="test", endpoint="test://here"))
+
+
+async def test_a_source_that_lost_the_cancellation_is_cancelled_again(runtime: AdapterRuntime[SourceConfig]) -> None:
+    src = _Deaf(lost=2)
+    _launch(runtime, "deaf", src)
+    await asyncio.sleep(0.1)
+    assert runtime.states["deaf"].connected
+
+    t0 = time.monotonic()
+    await asyncio.wait_for(runtime._cancel("deaf", grace=0.2, patience=5), 10)
+    took = time.monotonic() - t0
+    assert src.stopped
+    assert took < 4, f"stopping took {took:.1f}s"
+    assert not runtime.states["deaf"].connected
+
+
+async def test_a_source_that_will_not_stop_is_left_after_patience(
+    runtime: AdapterRuntime[SourceConfig], caplog: pytest.LogCaptureFixture
+) -> None:
+    src = _Deaf(lost=1_000_000)
+    _launch(runtime, "stuck", src)
+    await asyncio.sleep(0.1)
+    task = runtime._tasks["stuck"]
+
+    with caplog.at_level(logging.WARNING, logger="otbus_core.adapter"):
+        await asyncio.wait_for(runtime._cancel("stuck", grace=0.1, patience=0.6), 10)
+    assert not src.stopped  # still running: the stop went on without it
+    assert "source stuck did not stop within 1s of being cancelled" in caplog.text
+    assert "cancelling again" in caplog.text
+
+    src.lost = 0  # now it listens
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert src.stopped

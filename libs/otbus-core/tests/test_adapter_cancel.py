@@ -126,3 +126,52 @@ async def test_a_source_that_will_not_stop_is_left_after_patience(
     with pytest.raises(asyncio.CancelledError):
         await task
     assert src.stopped
+
+
+class _GroupThenSteady:
+    """First attempt: a TaskGroup whose child loses the connection while the group is awaited
+    (on 3.11 that leaves a cancellation request on the task that awaited it). Later attempts
+    connect, pass a `checkpoint`, and read until cancelled."""
+
+    def __init__(self) -> None:
+        self.attempts = 0
+        self.reading = asyncio.Event()
+
+    async def run(self, ctx: SourceContext[SourceConfig]) -> None:
+        self.attempts += 1
+        if self.attempts == 1:
+
+            async def child() -> None:
+                await asyncio.sleep(0.01)
+                raise ConnectionError("the device went away")
+
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    tg.create_task(child())
+            except* ConnectionError:
+                raise ConnectionError("connection lost") from None
+        await checkpoint()
+        ctx.connected()
+        self.reading.set()
+        while True:
+            await asyncio.sleep(0.02)
+            await checkpoint()
+
+
+async def test_a_failed_task_group_does_not_end_the_next_attempt(tmp_path: Path) -> None:
+    settings = AdapterSettings(kafka_bootstrap="127.0.0.1:9", state_dir=tmp_path, service_name="test-adapter")
+    store = SourceStore(SourceConfig, ["test"], None, settings.home)
+    src = _GroupThenSteady()
+    rt: AdapterRuntime[SourceConfig] = AdapterRuntime(settings, store, lambda _: src)
+    try:
+        rt._launch(SourceConfig(name="dev", protocol="test", endpoint="test://here", reconnect_initial_s=0.05))
+        await asyncio.wait_for(src.reading.wait(), 10)
+        await asyncio.sleep(0.3)
+        state = rt.states["dev"]
+        assert src.attempts == 2 and state.reconnects == 1
+        assert state.connected, state.last_error
+        assert not rt._tasks["dev"].done()
+        await asyncio.wait_for(rt._cancel("dev", grace=2, patience=4), 10)
+        assert not state.connected
+    finally:
+        rt.spool.close()

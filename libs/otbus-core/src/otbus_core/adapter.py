@@ -390,13 +390,28 @@ class AdapterRuntime(Generic[SC]):
             log.warning("source %s ended with %s: %s", name, type(e).__name__, e)
 
     async def _supervise(self, src: SC) -> None:
-        """Run the source; when it fails, reconnect with exponential backoff and jitter."""
+        """Run the source; when it fails, reconnect with exponential backoff and jitter.
+
+        Each attempt runs as a task of its own, so what one attempt leaves in its task's count
+        of cancellation requests (Python 3.11's TaskGroup never withdraws the one it makes when
+        a child fails while the group is being awaited) cannot make `checkpoint` end the next.
+        Cancelling this task cancels the attempt it waits for.
+        """
         state = self.states[src.name]
         delay = src.reconnect_initial_s
+        loop = asyncio.get_running_loop()
+        me = asyncio.current_task()
         while True:
             ctx = SourceContext(src, self, state)
             try:
-                await self.factory(src).run(ctx)
+                attempt = loop.create_task(self.factory(src).run(ctx), name=f"{src.name}/attempt")
+                try:
+                    await attempt
+                except asyncio.CancelledError:
+                    if me is not None and me.cancelling():
+                        raise
+                    # the attempt was cancelled, not this task: it failed
+                    raise ConnectionError("the source's task was cancelled") from None
                 raise ConnectionError("the source stopped reading")
             except asyncio.CancelledError:
                 state.connected = False

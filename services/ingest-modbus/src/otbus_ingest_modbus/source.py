@@ -71,6 +71,7 @@ class ModbusPoller:
         try:
             if not await client.connect():
                 raise ConnectionError(f"cannot connect to {self.cfg.endpoint}")
+            await checkpoint()  # connect() waits through wait_for too
             ctx.connected()
             connected = True
             async with asyncio.TaskGroup() as tg:

@@ -196,6 +196,7 @@ class OpcUaReader:
             raise ConnectionError(f"cannot connect to {c.endpoint}: {type(e).__name__}: {e}") from None
         ctx.connected()
         try:
+            await checkpoint()  # connect() waits through wait_for too
             self.points = await self._resolve(client, ctx)
             if not self.points:
                 raise ConnectionError("none of the configured nodes could be found")

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from otbus_core.adapter import AdapterRuntime, AdapterSettings, SourceContext, checkpoint
-from otbus_core.sources import SourceConfig, SourceStore
+from otbus_core.sources import SourceConfig, SourceError, SourceStore
 
 
 async def _wait_for_with_a_lost_cancel(then_checkpoint: bool) -> str:
@@ -114,18 +114,53 @@ async def test_a_source_that_will_not_stop_is_left_after_patience(
     _launch(runtime, "stuck", src)
     await asyncio.sleep(0.1)
     task = runtime._tasks["stuck"]
-
-    with caplog.at_level(logging.WARNING, logger="otbus_core.adapter"):
-        await asyncio.wait_for(runtime._cancel("stuck", grace=0.1, patience=0.6), 10)
-    assert not src.stopped  # still running: the stop went on without it
-    assert "source stuck did not stop within 1s of being cancelled" in caplog.text
-    assert "cancelling again" in caplog.text
-
-    src.lost = 0  # now it listens
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    try:
+        with caplog.at_level(logging.WARNING, logger="otbus_core.adapter"):
+            await asyncio.wait_for(runtime._cancel("stuck", grace=0.1, patience=0.6), 10)
+        assert not src.stopped  # still running: the stop went on without it
+        assert "source stuck did not stop within 0.6s of being cancelled" in caplog.text
+        assert "cancelling again" in caplog.text
+        # while it runs, a source of that name cannot be added again (two connections to one device)
+        with pytest.raises(SourceError, match="has not stopped yet") as refused:
+            await runtime.add_source({"name": "stuck", "protocol": "test", "endpoint": "test://here"})
+        assert refused.value.status == 409
+    finally:
+        src.lost = 0  # now it listens
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
     assert src.stopped
+
+
+class _TurnsStopIntoError:
+    """A source whose connect fails just as the cancellation comes: it raises an error of its
+    own instead of CancelledError (as pymodbus's connect() returning False would make it)."""
+
+    def __init__(self) -> None:
+        self.attempts = 0
+
+    async def run(self, ctx: SourceContext[SourceConfig]) -> None:
+        self.attempts += 1
+        ctx.connected()
+        try:
+            while True:
+                await asyncio.sleep(0.02)
+        except asyncio.CancelledError:
+            raise ConnectionError("cannot connect") from None
+
+
+async def test_a_stop_is_not_taken_for_a_lost_connection(runtime: AdapterRuntime[SourceConfig]) -> None:
+    src = _TurnsStopIntoError()
+    runtime.factory = lambda _: src
+    runtime._launch(SourceConfig(name="dev", protocol="test", endpoint="test://here", reconnect_initial_s=0.05))
+    await asyncio.sleep(0.1)
+    task = runtime._tasks["dev"]
+    t0 = time.monotonic()
+    await asyncio.wait_for(runtime._cancel("dev", grace=3, patience=6), 10)
+    assert time.monotonic() - t0 < 1, "it reconnected instead of stopping"
+    assert task.cancelled()
+    assert src.attempts == 1 and runtime.states["dev"].reconnects == 0
+    assert not runtime.states["dev"].connected
 
 
 class _GroupThenSteady:

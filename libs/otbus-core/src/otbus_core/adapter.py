@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import threading
 import time
@@ -335,6 +336,8 @@ class AdapterRuntime(Generic[SC]):
         self.states: dict[str, SourceState] = {}
         self.dead_letters = 0
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._stuck: dict[str, asyncio.Task[None]] = {}
+        """Source tasks that did not stop when cancelled (see `_cancel`)."""
         self._admin = admin_client(settings)
         self._collector = _Collector(self)
         self.started = time.monotonic()
@@ -363,6 +366,13 @@ class AdapterRuntime(Generic[SC]):
             self.spool.depth_records,
             self.spool.depth_readings,
         )
+        stuck = sorted(n for n, t in self._stuck.items() if not t.done())
+        if stuck:
+            # asyncio would wait for them at exit forever: what was read is spooled, so end here
+            # and let the process supervisor start a new one
+            log.critical("source(s) %s would not stop: exiting without waiting for them", ", ".join(stuck))
+            logging.shutdown()
+            os._exit(70)
 
     def _launch(self, src: SC) -> None:
         self.states.setdefault(src.name, SourceState())
@@ -379,12 +389,13 @@ class AdapterRuntime(Generic[SC]):
         task.cancel()
         await asyncio.wait([task], timeout=grace)
         deadline = time.monotonic() + patience - grace
-        while not task.done() and time.monotonic() < deadline:
+        while not task.done() and (left := deadline - time.monotonic()) > 0:
             log.warning("source %s is still running after being cancelled: cancelling again", name)
             task.cancel()
-            await asyncio.wait([task], timeout=1.0)
+            await asyncio.wait([task], timeout=min(1.0, left))
         if not task.done():
-            log.error("source %s did not stop within %.0fs of being cancelled: left running", name, patience)
+            log.error("source %s did not stop within %.1fs of being cancelled: left running", name, patience)
+            self._stuck[name] = task
             return
         if not task.cancelled() and (e := task.exception()) is not None:
             log.warning("source %s ended with %s: %s", name, type(e).__name__, e)
@@ -417,6 +428,11 @@ class AdapterRuntime(Generic[SC]):
                 state.connected = False
                 raise
             except Exception as e:
+                # Cancelling this task cancels the attempt, which may end with an error of its
+                # own instead (a connect that failed as the cancel came): stopping wins.
+                if me is not None and me.cancelling():
+                    state.connected = False
+                    raise asyncio.CancelledError from e
                 if state.connected:  # just lost: the outage starts now (failed retries do not restart it)
                     delay = src.reconnect_initial_s
                     state.disconnected_since = time.monotonic()
@@ -447,6 +463,12 @@ class AdapterRuntime(Generic[SC]):
     # run-time changes
 
     async def add_source(self, doc: Any) -> SC:
+        name = doc.get("name") if isinstance(doc, dict) else None
+        stuck = self._stuck.get(name) if isinstance(name, str) else None
+        if stuck is not None and not stuck.done():
+            raise SourceError(
+                f"source {name}: its earlier task has not stopped yet (see the log); try again later", 409
+            )
         src = self.store.add(doc)
         self._launch(src)
         return src

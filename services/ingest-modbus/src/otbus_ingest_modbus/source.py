@@ -91,8 +91,10 @@ class ModbusPoller:
             readings: list[Reading] = []
             for r in reads:
                 readings += await self._read(ctx, client, r)
+                # pymodbus awaits each request through wait_for, which can lose a cancellation
+                # on 3.11; the TaskGroup cancels this task once only
+                await checkpoint()
             ctx.emit(readings)
-            await checkpoint()  # pymodbus awaits through wait_for, which can swallow a cancel on 3.11
             next_at += interval
             now = loop.time()
             if next_at < now:  # fell behind: skip the missed ticks rather than burst

@@ -194,9 +194,9 @@ class OpcUaReader:
             with suppress(Exception):
                 await client.disconnect()
             raise ConnectionError(f"cannot connect to {c.endpoint}: {type(e).__name__}: {e}") from None
-        ctx.connected()
         try:
-            await checkpoint()  # connect() waits through wait_for too
+            await checkpoint()  # connect() waits through wait_for, which can lose a cancellation
+            ctx.connected()
             self.points = await self._resolve(client, ctx)
             if not self.points:
                 raise ConnectionError("none of the configured nodes could be found")
@@ -301,9 +301,9 @@ class OpcUaReader:
             if bad:
                 ctx.error(f"{len(bad)} monitored items refused: {bad[0]}")
         while True:  # the watchdog: a lost connection ends the subscription
+            await checkpoint()  # asyncua awaits through wait_for, which can lose a cancellation
             await asyncio.sleep(c.watchdog_s)
             await client.check_connection()
-            await checkpoint()  # asyncua awaits through wait_for, which can swallow a cancel on 3.11
 
     async def _poll(self, client: Client, ctx: SourceContext[OpcUaSource]) -> None:
         c = self.cfg

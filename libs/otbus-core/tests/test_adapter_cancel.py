@@ -132,6 +132,36 @@ async def test_a_source_that_will_not_stop_is_left_after_patience(
     assert src.stopped
 
 
+class _SlowToClose:
+    """A source that takes a while to close its connection."""
+
+    async def run(self, ctx: SourceContext[SourceConfig]) -> None:
+        ctx.connected()
+        try:
+            while True:
+                await asyncio.sleep(0.02)
+        finally:
+            await asyncio.sleep(0.5)
+
+
+async def test_a_source_still_closing_cannot_be_added_again(runtime: AdapterRuntime[SourceConfig]) -> None:
+    runtime.factory = lambda _: _SlowToClose()
+    doc = {"name": "dev", "protocol": "test", "endpoint": "test://here"}
+    await runtime.add_source(doc)
+    await asyncio.sleep(0.1)
+    removing = asyncio.create_task(runtime.remove_source("dev"))
+    await asyncio.sleep(0.1)  # closing now
+    with pytest.raises(SourceError, match="has not stopped yet") as refused:
+        await runtime.add_source(doc)
+    assert refused.value.status == 409
+    await asyncio.wait_for(removing, 5)
+    assert "dev" not in runtime.states
+    await runtime.add_source(doc)  # once it has closed
+    await asyncio.sleep(0.1)
+    assert runtime.states["dev"].connected
+    await asyncio.wait_for(runtime._cancel("dev", grace=2, patience=3), 5)
+
+
 class _TurnsStopIntoError:
     """A source whose connect fails just as the cancellation comes: it raises an error of its
     own instead of CancelledError (as pymodbus's connect() returning False would make it)."""

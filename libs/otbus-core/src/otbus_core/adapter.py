@@ -336,8 +336,8 @@ class AdapterRuntime(Generic[SC]):
         self.states: dict[str, SourceState] = {}
         self.dead_letters = 0
         self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._stuck: dict[str, asyncio.Task[None]] = {}
-        """Source tasks that did not stop when cancelled (see `_cancel`)."""
+        self._stopping: dict[str, asyncio.Task[None]] = {}
+        """Source tasks being stopped, and those that did not stop when cancelled (see `_cancel`)."""
         self._admin = admin_client(settings)
         self._collector = _Collector(self)
         self.started = time.monotonic()
@@ -366,7 +366,7 @@ class AdapterRuntime(Generic[SC]):
             self.spool.depth_records,
             self.spool.depth_readings,
         )
-        stuck = sorted(n for n, t in self._stuck.items() if not t.done())
+        stuck = sorted(n for n, t in self._stopping.items() if not t.done())
         if stuck:
             # asyncio would wait for them at exit forever: what was read is spooled, so end here
             # and let the process supervisor start a new one
@@ -386,6 +386,7 @@ class AdapterRuntime(Generic[SC]):
         task = self._tasks.pop(name, None)
         if task is None:
             return
+        self._stopping[name] = task  # until it has stopped, the name cannot be added again
         task.cancel()
         await asyncio.wait([task], timeout=grace)
         deadline = time.monotonic() + patience - grace
@@ -395,8 +396,9 @@ class AdapterRuntime(Generic[SC]):
             await asyncio.wait([task], timeout=min(1.0, left))
         if not task.done():
             log.error("source %s did not stop within %.1fs of being cancelled: left running", name, patience)
-            self._stuck[name] = task
             return
+        if self._stopping.get(name) is task:
+            del self._stopping[name]
         if not task.cancelled() and (e := task.exception()) is not None:
             log.warning("source %s ended with %s: %s", name, type(e).__name__, e)
 
@@ -464,11 +466,9 @@ class AdapterRuntime(Generic[SC]):
 
     async def add_source(self, doc: Any) -> SC:
         name = doc.get("name") if isinstance(doc, dict) else None
-        stuck = self._stuck.get(name) if isinstance(name, str) else None
-        if stuck is not None and not stuck.done():
-            raise SourceError(
-                f"source {name}: its earlier task has not stopped yet (see the log); try again later", 409
-            )
+        stopping = self._stopping.get(name) if isinstance(name, str) else None
+        if stopping is not None and not stopping.done():
+            raise SourceError(f"source {name}: its earlier task has not stopped yet; try again later", 409)
         src = self.store.add(doc)
         self._launch(src)
         return src
@@ -476,7 +476,8 @@ class AdapterRuntime(Generic[SC]):
     async def remove_source(self, name: str) -> SC:
         src = self.store.remove(name)
         await self._cancel(name)
-        self.states.pop(name, None)
+        if name not in self._tasks:  # (not added again meanwhile)
+            self.states.pop(name, None)
         return src
 
     # readiness

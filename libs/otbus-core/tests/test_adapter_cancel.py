@@ -168,14 +168,18 @@ class _TurnsStopIntoError:
 
     def __init__(self) -> None:
         self.attempts = 0
+        self.stopping_while_running: bool | None = None
+        self.stopping_at_error: bool | None = None
 
     async def run(self, ctx: SourceContext[SourceConfig]) -> None:
         self.attempts += 1
         ctx.connected()
+        self.stopping_while_running = ctx.stopping
         try:
             while True:
                 await asyncio.sleep(0.02)
         except asyncio.CancelledError:
+            self.stopping_at_error = ctx.stopping  # what a source asks before reporting its points BAD
             raise ConnectionError("cannot connect") from None
 
 
@@ -191,6 +195,8 @@ async def test_a_stop_is_not_taken_for_a_lost_connection(runtime: AdapterRuntime
     assert task.cancelled()
     assert src.attempts == 1 and runtime.states["dev"].reconnects == 0
     assert not runtime.states["dev"].connected
+    assert src.stopping_while_running is False and src.stopping_at_error is True
+    assert not runtime.is_stopping("dev")
 
 
 class _GroupThenSteady:

@@ -98,6 +98,12 @@ class SourceContext(Generic[SC]):
         self.state = state
         self.log = logging.getLogger(f"otbus.source.{config.name}")
 
+    @property
+    def stopping(self) -> bool:
+        """The source is being stopped (removed, or the adapter is shutting down): a connection
+        that fails now fails because of that, and its points are not to be reported BAD."""
+        return self.runtime.is_stopping(self.config.name)
+
     def emit(
         self,
         readings: Sequence[Reading],
@@ -378,6 +384,10 @@ class AdapterRuntime(Generic[SC]):
         self.states.setdefault(src.name, SourceState())
         if src.enabled:
             self._tasks[src.name] = asyncio.get_running_loop().create_task(self._supervise(src), name=src.name)
+
+    def is_stopping(self, name: str) -> bool:
+        task = self._stopping.get(name)
+        return task is not None and not task.done()
 
     async def _cancel(self, name: str, grace: float = 6.0, patience: float = 12.0) -> None:
         """Stop a source's task: cancel it and give it `grace` seconds to clean up (close its

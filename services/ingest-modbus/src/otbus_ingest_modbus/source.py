@@ -78,7 +78,7 @@ class ModbusPoller:
                 for name, interval, reads in self.groups:
                     tg.create_task(self._poll(ctx, client, interval, reads), name=f"{self.cfg.name}/{name}")
         except* (ModbusException, ConnectionError, OSError) as eg:
-            if connected:  # the connection is gone: every point of the device is BAD until it is back
+            if connected and not ctx.stopping:  # gone: every point of the device is BAD until it is back
                 self._all_bad(ctx, CONNECTION_LOST, f"connection lost: {eg.exceptions[0]}")
             raise ConnectionError(str(eg.exceptions[0])) from None
         finally:

@@ -207,7 +207,9 @@ class OpcUaReader:
         except _LOST as e:
             t = now_micros()
             why = f"connection lost: {type(e).__name__}: {e}"
-            ctx.emit([Reading(p.tag, None, t, BAD_NO_COMMUNICATION, "", "", "", {"error": why}) for p in self.points])
+            if not ctx.stopping:  # (a stop that ended the session is no outage of the server)
+                bad = [Reading(p.tag, None, t, BAD_NO_COMMUNICATION, "", "", "", {"error": why}) for p in self.points]
+                ctx.emit(bad)
             raise ConnectionError(why) from None
         finally:
             with suppress(Exception):

@@ -145,8 +145,8 @@ async def checkpoint() -> None:
 
     Python 3.11's `asyncio.wait_for` returns the awaited result instead of raising when the
     cancellation arrives just as that result does (python/cpython#86296, fixed in 3.12), and
-    protocol libraries await every request through it. A source's read loop calls this once
-    per round so a swallowed cancellation still ends it.
+    protocol libraries await every request through it. A source calls this after such awaits
+    (after connecting, after each read) so a swallowed cancellation still ends it.
     """
     task = asyncio.current_task()
     if task is not None and task.cancelling():

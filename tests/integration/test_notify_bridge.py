@@ -72,6 +72,8 @@ def test_live_events_each_once_in_order(bridge: Bridge, infra: Infra) -> None:
     assert _seqs(got) == sorted(set(_seqs(got)))
     assert got[0]["data"]["value"] == 0 and got[0]["type"] == "otbus.ot.tag.v1"
     assert bridge.metric("otbus_bridge_notify_to_ws_seconds_count") > 0
+    # an idle client's frames are written straight to its connection (uvicorn's sansio server)
+    wait_until(lambda: bridge.metric("otbus_bridge_frames_direct_total") > 0, 5, "a directly written frame")
 
 
 def test_listener_and_pool_connections_killed_mid_stream(bridge: Bridge, infra: Infra) -> None:

@@ -15,7 +15,7 @@ from otbus_core.settings import load_settings
 from otbus_notify_bridge.app import _RedactTokens
 from otbus_notify_bridge.auth import Authenticator, AuthError
 from otbus_notify_bridge.config import NotifyBridgeSettings
-from otbus_notify_bridge.hub import CLOSE_SLOW, Batch, Client, Filter
+from otbus_notify_bridge.hub import CLOSE_SLOW, Batch, Client, Filter, text_frame
 from otbus_notify_bridge.store import FeedEvent
 
 SECRET = "s" * 40
@@ -109,6 +109,58 @@ def test_client_queue_coalesces_frames_and_closes_when_full() -> None:
     batches = [[e["seq"] for e in json.loads(f)["events"]] for f in sent[1:]]
     assert batches[:2] == [[1, 2, 3, 4], [5]]  # what queued while waiting, at most 4 per frame
     assert closed and closed[0][0] == CLOSE_SLOW and "resume with since" in closed[0][1]
+
+
+def test_text_frame_is_what_websockets_writes() -> None:
+    from websockets.frames import Frame, Opcode
+
+    for n in (0, 1, 125, 126, 127, 65535, 65536, 1_000_000):
+        payload = ("é" * n).encode()[:n]
+        assert text_frame(payload) == Frame(Opcode.TEXT, payload).serialize(mask=False, extensions=[]), n
+
+
+def test_idle_client_gets_frames_written_directly_and_busy_ones_queue() -> None:
+    async def scenario() -> tuple[list[bytes], list[str]]:
+        wire: list[bytes] = []
+        sent: list[str] = []
+        open_ = [True]
+        gate = asyncio.Event()
+
+        def direct(frame: bytes) -> bool:
+            if open_[0]:
+                wire.append(frame)
+            return open_[0]
+
+        async def send(frame: str) -> None:
+            await gate.wait()
+            sent.append(frame)
+
+        async def close(code: int, reason: str) -> None:
+            pass
+
+        c = Client("acme", send, close, max_events=100, max_bytes=100_000, frame_max_events=4, direct=direct)
+        writer = asyncio.create_task(c.write_loop())
+        c.push(Batch.of([ev(1), ev(2)]))  # idle: written at once, no task switch
+        assert len(wire) == 1 and c.delivered == 2
+        c.push(Batch.of([ev(i) for i in range(3, 9)]))  # more than a frame holds: through the queue
+        c.push(Batch.of([ev(9)]))  # something is queued: behind it, in order
+        open_[0] = False
+        await asyncio.sleep(0.01)
+        gate.set()
+        await asyncio.sleep(0.01)
+        c.push(Batch.of([ev(10)]))  # the transport is paused: queued
+        await asyncio.sleep(0.01)
+        open_[0] = True
+        c.push(Batch.of([ev(11)]))  # idle again
+        writer.cancel()
+        return wire, sent
+
+    wire, sent = asyncio.run(scenario())
+    direct_seqs = [[e["seq"] for e in json.loads(w[2:])["events"]] for w in wire]  # short frames: 2-byte head
+    queued_seqs = [[e["seq"] for e in json.loads(f)["events"]] for f in sent]
+    assert direct_seqs == [[1, 2], [11]]
+    assert queued_seqs == [[3, 4, 5, 6], [7, 8, 9], [10]]
+    assert wire[0] == text_frame(Batch.of([ev(1), ev(2)]).text().encode()) and wire[0][1] < 126
 
 
 def test_tokens_in_urls_are_redacted_from_access_lines() -> None:

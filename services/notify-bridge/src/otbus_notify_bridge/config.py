@@ -54,6 +54,9 @@ class NotifyBridgeSettings(DatabaseSettings):
     """Bytes waiting for one client, at most; past it the client is closed with 4008."""
     frame_max_events: int = Field(1000, ge=1)
     """Events per outgoing frame, at most (frames carry what queued while the last one was sent)."""
+    direct_writes: bool = True
+    """Write a read's frame bytes straight to each idle client's connection (uvicorn's
+    websockets-sansio server) instead of one ASGI send per client; false: ASGI sends only."""
     max_message_bytes: int = Field(64 * 1024, ge=1024)
     """Largest message a client may send (a subscribe); larger ones close with 1009."""
     fetch_batch: int = Field(1000, ge=1, le=100_000)

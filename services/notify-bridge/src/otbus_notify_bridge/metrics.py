@@ -44,6 +44,10 @@ _LATENCY_BUCKETS = (
 CLIENTS = Gauge("otbus_bridge_clients", "WebSocket clients connected")
 EVENTS_RELAYED = Counter("otbus_bridge_events_relayed_total", "Events sent to clients (one per event and client)")
 FRAMES_SENT = Counter("otbus_bridge_frames_sent_total", "Event frames sent to clients")
+FRAMES_DIRECT = Counter(
+    "otbus_bridge_frames_direct_total",
+    "Event frames written straight to an idle client's connection (the rest went through its queue)",
+)
 REPLAYED = Counter("otbus_bridge_replayed_events_total", "Events sent to resuming clients from the store")
 NOTIFICATIONS = Counter("otbus_bridge_notifications_total", "Notifications received", ["outcome"])
 NOTIFY_TO_WS = Histogram(

@@ -6,13 +6,16 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Callable
+from types import SimpleNamespace
+from typing import Any
 
 import jwt
 import pytest
 
 from otbus_core.exceptions import ConfigError
 from otbus_core.settings import load_settings
-from otbus_notify_bridge.app import _RedactTokens
+from otbus_notify_bridge.app import _RedactTokens, direct_writer
 from otbus_notify_bridge.auth import Authenticator, AuthError
 from otbus_notify_bridge.config import NotifyBridgeSettings
 from otbus_notify_bridge.hub import CLOSE_SLOW, Batch, Client, Filter, text_frame
@@ -126,9 +129,9 @@ def test_idle_client_gets_frames_written_directly_and_busy_ones_queue() -> None:
         open_ = [True]
         gate = asyncio.Event()
 
-        def direct(frame: bytes) -> bool:
+        def direct(frame: Callable[[], bytes]) -> bool:
             if open_[0]:
-                wire.append(frame)
+                wire.append(frame())
             return open_[0]
 
         async def send(frame: str) -> None:
@@ -152,6 +155,16 @@ def test_idle_client_gets_frames_written_directly_and_busy_ones_queue() -> None:
         await asyncio.sleep(0.01)
         open_[0] = True
         c.push(Batch.of([ev(11)]))  # idle again
+        # the writer is inside a send and the queue is empty: a new frame must wait behind it
+        gate.clear()
+        open_[0] = False
+        c.push(Batch.of([ev(12)]))  # paused: queued, and taken by the writer, which now waits
+        await asyncio.sleep(0.01)
+        open_[0] = True
+        c.push(Batch.of([ev(13)]))  # the transport takes frames again, but ev 12 is on its way
+        assert len(wire) == 2
+        gate.set()
+        await asyncio.sleep(0.01)
         writer.cancel()
         return wire, sent
 
@@ -159,8 +172,75 @@ def test_idle_client_gets_frames_written_directly_and_busy_ones_queue() -> None:
     direct_seqs = [[e["seq"] for e in json.loads(w[2:])["events"]] for w in wire]  # short frames: 2-byte head
     queued_seqs = [[e["seq"] for e in json.loads(f)["events"]] for f in sent]
     assert direct_seqs == [[1, 2], [11]]
-    assert queued_seqs == [[3, 4, 5, 6], [7, 8, 9], [10]]
+    assert queued_seqs == [[3, 4, 5, 6], [7, 8, 9], [10], [12], [13]]
     assert wire[0] == text_frame(Batch.of([ev(1), ev(2)]).text().encode()) and wire[0][1] < 126
+
+
+class _Transport:
+    def __init__(self, fail: bool = False) -> None:
+        self.data: list[bytes] = []
+        self.closing = False
+        self.fail = fail
+
+    def write(self, data: bytes) -> None:
+        if self.fail:
+            raise RuntimeError("broken")
+        self.data.append(data)
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+
+def _sansio_send(transport: _Transport, extensions: list[object] | None = None) -> Any:
+    """A bound `send` of a uvicorn websockets-sansio protocol object in an open connection."""
+    from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+    from websockets.protocol import State
+
+    proto = object.__new__(WebSocketsSansIOProtocol)
+    proto.conn = SimpleNamespace(extensions=extensions or [], state=State.OPEN)  # type: ignore[assignment]
+    proto.transport = transport  # type: ignore[assignment]
+    proto.writable = asyncio.Event()
+    proto.writable.set()
+    proto.close_sent = False
+    proto.handshake_complete = True
+    return proto.send
+
+
+def test_direct_writer_writes_only_to_an_open_writable_connection() -> None:
+    from websockets.protocol import State
+
+    async def plain_send(message: Any) -> None:
+        pass
+
+    assert direct_writer(plain_send) is None  # not uvicorn's sansio protocol: ASGI sends only
+    assert direct_writer(_sansio_send(_Transport(), extensions=[object()])) is None  # e.g. deflate
+
+    t = _Transport()
+    send = _sansio_send(t)
+    write = direct_writer(send)
+    assert write is not None
+    made: list[int] = []
+
+    def frame() -> bytes:
+        made.append(1)
+        return b"frame"
+
+    assert write(frame) and t.data == [b"frame"]
+    proto = send.__self__
+    proto.writable.clear()  # paused (the peer does not read): refused, and the frame never made
+    assert not write(frame) and len(made) == 1
+    proto.writable.set()
+    proto.conn.state = State.CLOSING  # a close frame came in
+    assert not write(frame)
+    proto.conn.state = State.OPEN
+    proto.close_sent = True
+    assert not write(frame)
+    proto.close_sent = False
+    t.closing = True  # the connection was lost
+    assert not write(frame)
+    assert t.data == [b"frame"]
+    broken = direct_writer(_sansio_send(_Transport(fail=True)))
+    assert broken is not None and not broken(frame)  # a failing write is refused, not raised
 
 
 def test_tokens_in_urls_are_redacted_from_access_lines() -> None:

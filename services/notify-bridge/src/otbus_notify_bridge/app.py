@@ -362,10 +362,14 @@ def direct_writer(send: Send) -> DirectWrite | None:
     except AttributeError:
         return None
 
-    def write(frame: bytes) -> bool:
+    def write(frame: Callable[[], bytes]) -> bool:
         if proto.close_sent or not writable.is_set() or conn.state is not State.OPEN or transport.is_closing():
             return False
-        transport.write(frame)
+        try:
+            transport.write(frame())
+        except Exception as e:  # one broken connection must not stop a read's other clients
+            log.info("a direct write failed (%s); the frame goes through the client's queue", e)
+            return False
         return True
 
     return write

@@ -97,9 +97,10 @@ def text_frame(payload: bytes) -> bytes:
     return head + payload
 
 
-DirectWrite = Callable[[bytes], bool]
-"""Writes a frame's bytes to the connection now and returns True, or returns False when it cannot
-(the transport is paused or closing): then the frame goes through the queue."""
+DirectWrite = Callable[[Callable[[], bytes]], bool]
+"""Writes a frame's bytes (made by the callable, only when they can be written) to the connection
+now and returns True, or returns False when it cannot (the transport is paused or closing): then
+the frame goes through the queue."""
 
 
 Chunk = Batch | str
@@ -151,7 +152,7 @@ class Client:
             and not self._sending
             and not self.closed
             and len(batch.events) <= self.frame_max_events
-            and self._direct(batch.ws_frame())
+            and self._direct(batch.ws_frame)
         ):
             _tally[2] += 1
             self._sent(batch.events)

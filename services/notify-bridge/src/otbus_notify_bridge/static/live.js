@@ -13,11 +13,14 @@
   const recsBody = document.querySelector("#recs tbody");
   const form = document.getElementById("auth");
   const FEED_ROWS = 60;
-  // Rows added to the feed per drawn frame: at a thousand events a second nobody reads every
-  // row, and laying out hundreds of new rows per frame made each frame late, so the next one
-  // had even more to draw (20 rows a frame: INSERT -> drawn p99 50-57 ms in the benchmark; 10:
-  // 39-46 ms). Every event still updates its tag and is counted.
+  // The feed gets at most FEED_PER_FRAME new rows, at most every FEED_EVERY_MS; the tree is
+  // drawn every frame. Each new row moves every row below it, so the browser paints the whole
+  // table again: at a thousand events a second that painting was most of the page's work and
+  // held up the frames behind it (INSERT -> drawn p99 50-57 ms with 20 rows each frame, 27-30
+  // ms with 10 rows ten times a second, in the benchmark). Nobody reads a thousand rows a
+  // second; every event still updates its tag, is counted and has its latency taken.
   const FEED_PER_FRAME = 10;
+  const FEED_EVERY_MS = Number(params.get("feed_every_ms")) || 100;  // ?feed_every_ms= for tests
 
   // What tests and tools read: window.otbusLive.
   const live = {
@@ -86,6 +89,9 @@
   let pending = [];
   let scheduled = false;
   let statsAt = 0;
+  let feedRows = [];   // cells of the newest events not yet in the feed (at most FEED_PER_FRAME)
+  let feedAt = 0;
+  let feedTimer = null;
   const fresh = new Map();  // leaf -> when it was highlighted
 
   function onFrame(f) {
@@ -142,7 +148,7 @@
           live.values[e.subject] = value;
           changed.set(e.subject, [value, d.unit]);
         }
-        if (i >= firstRow) addRow(feedBody, [fmtTime(e.time), e.type, e.subject || "", fmtValue(value), `${lat} ms`]);
+        if (i >= firstRow) feedRows.push([fmtTime(e.time), e.type, e.subject || "", fmtValue(value), `${lat} ms`]);
       } else {
         addRecommendation(e, e.data || {}, lat);
       }
@@ -155,10 +161,26 @@
         fresh.delete(leaf);
       }
     }
+    if (feedRows.length > FEED_PER_FRAME) feedRows.splice(0, feedRows.length - FEED_PER_FRAME);
+    flushFeed();
     if (events.length && now - statsAt >= 500) {  // a summary twice a second is plenty to read
       statsAt = now;
       statsEl.textContent = `${live.received} events` + latencySummary();
     }
+  }
+
+  // Puts the waiting rows into the feed, or sets a timer for when it may (a lone event's row
+  // never waits for a next one).
+  function flushFeed() {
+    if (!feedRows.length || feedTimer !== null) return;
+    const wait = feedAt + FEED_EVERY_MS - Date.now();
+    if (wait > 0) {
+      feedTimer = setTimeout(() => { feedTimer = null; flushFeed(); }, wait);
+      return;
+    }
+    feedAt = Date.now();
+    for (const cells of feedRows) addRow(feedBody, cells);
+    feedRows = [];
   }
 
   function setValue(path, value, unit, now) {

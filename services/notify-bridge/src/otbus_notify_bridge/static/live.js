@@ -20,7 +20,9 @@
   // ms with 10 rows ten times a second, in the benchmark). Nobody reads a thousand rows a
   // second; every event still updates its tag, is counted and has its latency taken.
   const FEED_PER_FRAME = 10;
-  const FEED_EVERY_MS = Number(params.get("feed_every_ms")) || 100;  // ?feed_every_ms= for tests
+  const feedParam = Number(params.get("feed_every_ms"));  // ?feed_every_ms=: tests, or 0 for none
+  const FEED_EVERY_MS =
+    params.has("feed_every_ms") && Number.isFinite(feedParam) && feedParam >= 0 ? Math.min(feedParam, 60000) : 100;
 
   // What tests and tools read: window.otbusLive.
   const live = {
@@ -88,10 +90,7 @@
   // events costs one layout, and "latency" is measured when an event is actually drawn.
   let pending = [];
   let scheduled = false;
-  let statsAt = 0;
-  let feedRows = [];   // cells of the newest events not yet in the feed (at most FEED_PER_FRAME)
-  let feedAt = 0;
-  let feedTimer = null;
+  let feedRows = [];   // [event, value, latency] of the newest events not yet in the feed
   const fresh = new Map();  // leaf -> when it was highlighted
 
   function onFrame(f) {
@@ -134,8 +133,7 @@
     pending = [];
     const now = Date.now();
     const changed = new Map();  // path -> [value, unit]
-    const firstRow = Math.max(0, events.length - FEED_PER_FRAME);
-    events.forEach((e, i) => {
+    events.forEach((e) => {
       live.received += 1;
       live.seen.set(e.id, now);
       if (live.seen.size > 20000) live.seen.delete(live.seen.keys().next().value);
@@ -148,7 +146,7 @@
           live.values[e.subject] = value;
           changed.set(e.subject, [value, d.unit]);
         }
-        if (i >= firstRow) feedRows.push([fmtTime(e.time), e.type, e.subject || "", fmtValue(value), `${lat} ms`]);
+        feedRows.push([e, value, lat]);
       } else {
         addRecommendation(e, e.data || {}, lat);
       }
@@ -162,26 +160,36 @@
       }
     }
     if (feedRows.length > FEED_PER_FRAME) feedRows.splice(0, feedRows.length - FEED_PER_FRAME);
-    flushFeed();
-    if (events.length && now - statsAt >= 500) {  // a summary twice a second is plenty to read
-      statsAt = now;
-      statsEl.textContent = `${live.received} events` + latencySummary();
-    }
+    if (feedRows.length) drawFeed();
+    if (events.length) drawStats();
   }
 
-  // Puts the waiting rows into the feed, or sets a timer for when it may (a lone event's row
-  // never waits for a next one).
-  function flushFeed() {
-    if (!feedRows.length || feedTimer !== null) return;
-    const wait = feedAt + FEED_EVERY_MS - Date.now();
-    if (wait > 0) {
-      feedTimer = setTimeout(() => { feedTimer = null; flushFeed(); }, wait);
-      return;
-    }
-    feedAt = Date.now();
-    for (const cells of feedRows) addRow(feedBody, cells);
-    feedRows = [];
+  // `draw` at once if `every` ms have passed since it last ran, else by a timer when they have:
+  // what was held back is drawn even if no further event comes.
+  function throttled(every, draw) {
+    let at = -Infinity;
+    let timer = null;
+    const run = () => {
+      if (timer !== null) return;  // the timer draws what is there when it fires
+      const wait = at + every - performance.now();
+      if (wait > 0) {
+        timer = setTimeout(() => { timer = null; run(); }, wait);
+        return;
+      }
+      at = performance.now();
+      draw();
+    };
+    return run;
   }
+
+  const drawFeed = throttled(FEED_EVERY_MS, () => {
+    for (const [e, value, lat] of feedRows) {
+      addRow(feedBody, [fmtTime(e.time), e.type, e.subject || "", fmtValue(value), `${lat} ms`]);
+    }
+    feedRows = [];
+  });
+  // a latency summary (a sort of the last 1,000) twice a second is plenty to read
+  const drawStats = throttled(500, () => { statsEl.textContent = `${live.received} events` + latencySummary(); });
 
   function setValue(path, value, unit, now) {
     let leaf = tree.get(path);

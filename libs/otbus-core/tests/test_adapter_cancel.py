@@ -132,6 +132,23 @@ async def test_a_source_that_will_not_stop_is_left_after_patience(
     assert src.stopped
 
 
+async def test_a_source_left_running_by_a_removal_is_cancelled_again_at_shutdown(
+    runtime: AdapterRuntime[SourceConfig], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import otbus_core.adapter as adapter_module
+
+    exits: list[int] = []
+    monkeypatch.setattr(adapter_module.os, "_exit", exits.append)
+    src = _Deaf(lost=2)
+    _launch(runtime, "stuck", src)
+    await asyncio.sleep(0.1)
+    await asyncio.wait_for(runtime._cancel("stuck", grace=0.1, patience=0.3), 10)  # as a removal does
+    assert not src.stopped and runtime.is_stopping("stuck")  # both cancellations lost: left running
+    await asyncio.wait_for(runtime.stop(), 30)
+    assert src.stopped  # the shutdown's cancel reached it
+    assert exits == []  # so the process ends normally, not with status 70
+
+
 class _SlowToClose:
     """A source that takes a while to close its connection."""
 

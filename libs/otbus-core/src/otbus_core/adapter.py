@@ -361,6 +361,13 @@ class AdapterRuntime(Generic[SC]):
     async def stop(self) -> None:
         log.info("adapter stopping: %d sources", len(self._tasks))
         await asyncio.gather(*(self._cancel(name) for name in list(self._tasks)))
+        # Sources removed earlier (through the API) and left running get one more cancel: the
+        # library that swallowed the earlier ones may take this one.
+        leftover = [t for t in self._stopping.values() if not t.done()]
+        if leftover:
+            for t in leftover:
+                t.cancel()
+            await asyncio.wait(leftover, timeout=2.0)
         await asyncio.to_thread(self.batcher.stop)
         # Kafka away: no use waiting for it, what is left stays in the spool for the next start
         await asyncio.to_thread(self.drainer.stop, 1.0 if self.drainer.problem() else 10.0)

@@ -246,20 +246,15 @@ class _GroupThenSteady:
             await checkpoint()
 
 
-async def test_a_failed_task_group_does_not_end_the_next_attempt(tmp_path: Path) -> None:
-    settings = AdapterSettings(kafka_bootstrap="127.0.0.1:9", state_dir=tmp_path, service_name="test-adapter")
-    store = SourceStore(SourceConfig, ["test"], None, settings.home)
+async def test_a_failed_task_group_does_not_end_the_next_attempt(runtime: AdapterRuntime[SourceConfig]) -> None:
     src = _GroupThenSteady()
-    rt: AdapterRuntime[SourceConfig] = AdapterRuntime(settings, store, lambda _: src)
-    try:
-        rt._launch(SourceConfig(name="dev", protocol="test", endpoint="test://here", reconnect_initial_s=0.05))
-        await asyncio.wait_for(src.reading.wait(), 10)
-        await asyncio.sleep(0.3)
-        state = rt.states["dev"]
-        assert src.attempts == 2 and state.reconnects == 1
-        assert state.connected, state.last_error
-        assert not rt._tasks["dev"].done()
-        await asyncio.wait_for(rt._cancel("dev", grace=2, patience=4), 10)
-        assert not state.connected
-    finally:
-        rt.spool.close()
+    runtime.factory = lambda _: src
+    runtime._launch(SourceConfig(name="dev", protocol="test", endpoint="test://here", reconnect_initial_s=0.05))
+    await asyncio.wait_for(src.reading.wait(), 10)
+    await asyncio.sleep(0.3)
+    state = runtime.states["dev"]
+    assert src.attempts == 2 and state.reconnects == 1
+    assert state.connected, state.last_error
+    assert not runtime._tasks["dev"].done()
+    await asyncio.wait_for(runtime._cancel("dev", grace=2, patience=4), 10)
+    assert not state.connected

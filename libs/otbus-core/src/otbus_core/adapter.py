@@ -483,8 +483,7 @@ class AdapterRuntime(Generic[SC]):
 
     async def add_source(self, doc: Any) -> SC:
         name = doc.get("name") if isinstance(doc, dict) else None
-        stopping = self._stopping.get(name) if isinstance(name, str) else None
-        if stopping is not None and not stopping.done():
+        if isinstance(name, str) and self.is_stopping(name):
             raise SourceError(f"source {name}: its earlier task has not stopped yet; try again later", 409)
         src = self.store.add(doc)
         self._launch(src)

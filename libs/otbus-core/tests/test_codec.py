@@ -7,6 +7,7 @@ import itertools
 import json
 import struct
 from pathlib import Path
+from typing import Any
 
 import fastavro
 import pytest
@@ -202,3 +203,96 @@ def test_split_encoder_writes_exactly_what_fastavro_writes() -> None:
         assert enc.encode(rec) == full.getvalue(), i
     with pytest.raises(ValueError, match="consecutive"):
         SplitEncoder(schema, [("tenant", "site")])
+
+
+def _raw_batch(rng: Any, n: int) -> dict[str, Any]:
+    from otbus_core.raw import NONE, pack_values
+
+    wide = [0, 2**48 - 1, 2**48, 2**55 - 1, 2**55, NONE, -1, 1_795_513_791_375_000]
+    times = rng.choice(
+        [
+            [1_795_513_791_375_000 + rng.randrange(10**9) for _ in range(n)],  # the 8-byte fast path
+            [rng.choice(wide) for _ in range(n)],  # mixed: fastavro writes them
+        ]
+    )
+    kinds = [None, True, False, 0, -5, 2**63 - 1, -(2**63), 0.1, -1e300, "", "ü€𝄞" * 30]
+    values = [rng.choice(kinds) for _ in range(n)]
+    units = [rng.choice(["", "°C", "x" * 70]) for _ in range(n)]
+    return {
+        "source_id": "src-ü",
+        "protocol": "http",
+        "context": rng.choice([{}, {"site": "plant1", "line": "l1"}]),
+        "first_id": uuid7(),
+        "received_time": rng.randrange(2**62),
+        "tags": [f"[default]Line1/M{rng.randrange(30)}/{'é' * rng.randrange(80)}" for _ in range(n)],
+        **pack_values(values),
+        "data_types": [rng.choice(["float", "int", "", "Float8"]) for _ in range(n)],
+        "qualities": [rng.choice(["GOOD", "Bad_NotConnected", ""]) for _ in range(n)],
+        "quality_codes": [rng.choice([NONE, 192, 0, -2147483132, 2**63 - 1]) for _ in range(n)],
+        "source_times": times,
+        **({"units": units} if rng.random() < 0.5 else {}),  # absent: the schema's default []
+        **({"attributes": [{"k": "v"} for _ in range(n)]} if rng.random() < 0.3 else {}),
+    }
+
+
+def test_column_encoder_writes_exactly_what_fastavro_writes() -> None:
+    import random
+
+    from otbus_core.codec import ColumnEncoder
+    from otbus_core.raw import REPEATING_COLUMNS
+
+    schema = AvroCodec().schemas.latest("raw_reading_batch")
+    enc = ColumnEncoder(schema, REPEATING_COLUMNS, max_cached=50)  # small: the caches are cleared often
+    rng = random.Random(7)
+    fast_path = 0
+    for i in range(400):
+        rec = _raw_batch(rng, rng.choice([0, 1, 2, 63, 64, 65, 300]))
+        times = rec["source_times"]
+        fast_path += bool(times) and min(times) >= 2**48 and max(times) < 2**55
+        full = io.BytesIO()
+        fastavro.schemaless_writer(full, schema.fast, rec)
+        assert enc.encode(rec) == full.getvalue(), i
+    assert fast_path > 50  # the 8-byte varint path was taken, and held to fastavro's bytes
+
+
+@pytest.mark.parametrize(
+    ("field", "bad", "error", "fastavro_refuses"),
+    [
+        ("tags", [None], TypeError, True),
+        ("qualities", [1], TypeError, True),
+        ("quality_codes", [2**63], TypeError, True),
+        ("source_times", [2**50, "x"], TypeError, True),
+        ("doubles", ["x"], TypeError, True),
+        ("value_kinds", "abc", TypeError, True),
+        ("tags", None, ValueError, True),
+        # fastavro writes these (the float truncated, 1 as true); a column of the wrong type is a bug: refuse
+        ("quality_codes", [1.5], TypeError, False),
+        ("source_times", [2**50, 1.5], TypeError, False),
+        ("booleans", [1], TypeError, False),
+    ],
+)
+def test_column_encoder_refuses_wrong_types(
+    field: str, bad: Any, error: type[Exception], fastavro_refuses: bool
+) -> None:
+    import random
+
+    from otbus_core.codec import ColumnEncoder
+    from otbus_core.raw import REPEATING_COLUMNS
+
+    schema = AvroCodec().schemas.latest("raw_reading_batch")
+    rec = {**_raw_batch(random.Random(1), 3), field: bad}
+    with pytest.raises(error):
+        ColumnEncoder(schema, REPEATING_COLUMNS).encode(rec)
+    if fastavro_refuses:
+        with pytest.raises((TypeError, ValueError, AttributeError, OverflowError)):
+            fastavro.schemaless_writer(io.BytesIO(), schema.fast, rec)
+
+
+def test_column_encoder_checks_its_fields() -> None:
+    from otbus_core.codec import ColumnEncoder
+
+    schema = AvroCodec().schemas.latest("raw_reading_batch")
+    with pytest.raises(ValueError, match="does not have"):
+        ColumnEncoder(schema, ["nope"])
+    with pytest.raises(ValueError, match="an array of strings or longs"):
+        ColumnEncoder(schema, ["attributes"])

@@ -10,10 +10,12 @@ writes, so a consumer keeps working while producers switch.
 
 from __future__ import annotations
 
+import array
 import io
 import json
 import operator
 import struct
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -23,7 +25,7 @@ from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from otbus_core.exceptions import DecodeError, TransientError
 from otbus_core.schemas import AvroSchema, SchemaCatalog, catalog, strip_logical_types
 
-__all__ = ["AVRO_CONTENT_TYPE", "AvroCodec", "SplitEncoder"]
+__all__ = ["AVRO_CONTENT_TYPE", "AvroCodec", "ColumnEncoder", "SplitEncoder"]
 
 AVRO_CONTENT_TYPE = "application/avro"
 _SINGLE_OBJECT_MAGIC = b"\xc3\x01"
@@ -243,6 +245,188 @@ class SplitEncoder:
                     cache[key] = b
                 parts.append(b)
         return b"".join(parts)
+
+
+class ColumnEncoder:
+    """Encodes records of a columnar schema (arrays of readings) several times faster than fastavro.
+
+    An Avro array of n items is written as the zigzag varint n, the items, then a zero (or
+    just the zero when empty), and a record is the concatenation of its fields, so each
+    array field can be written on its own:
+
+    - `array<double>`: the items are 8-byte little-endian IEEE doubles, so the whole array
+      is one `array('d').tobytes()`; `array<boolean>` one byte per item; `bytes` a length
+      and the bytes.
+    - the `array<string>` and `array<long>` fields named in `repeating` (tag paths, data
+      types, qualities, quality codes: a plant's tags report again and again) join the
+      cached encoding of each item; a cache is cleared when it passes `max_cached` items.
+    - any other `array<long>` whose items all have 8-byte varints (timestamps in
+      microseconds) is written at once by `_wide_varints`; fastavro writes it otherwise.
+    - every other run of fields is written by fastavro.
+
+    The result is byte for byte fastavro's encoding of the whole record; a test holds it to that.
+    """
+
+    def __init__(self, schema: AvroSchema, repeating: Sequence[str] = (), max_cached: int = 200_000) -> None:
+        doc = strip_logical_types(json.loads(schema.source))
+        fields = doc["fields"]
+        names = {f["name"] for f in fields}
+        unknown = set(repeating) - names
+        if unknown:
+            raise ValueError(f"repeating names fields {sorted(unknown)} that {schema.full_name} does not have")
+        self.max_cached = max_cached
+        self._caches: list[dict[Any, bytes]] = []
+        self._runs: list[tuple[str, Any, Any]] = []  # (kind, sub-schema or (field, default), cache or schema)
+        pending: list[Any] = []
+
+        def flush(at: int) -> None:
+            if pending:
+                self._runs.append(("fields", SplitEncoder._sub(doc, list(pending), at), None))
+                pending.clear()
+
+        for i, f in enumerate(fields):
+            t = f["type"]
+            items = t.get("items") if isinstance(t, dict) and t.get("type") == "array" else None
+            kind: str | None = None
+            if items == "double":
+                kind = "doubles"
+            elif items == "boolean":
+                kind = "booleans"
+            elif t == "bytes":
+                kind = "bytes"
+            elif f["name"] in repeating:
+                if items == "string":
+                    kind = "strings"
+                elif items == "long":
+                    kind = "longs"
+                else:
+                    raise ValueError(f"repeating field {f['name']} must be an array of strings or longs")
+            elif items == "long":
+                kind = "wide"
+            if kind is None:
+                pending.append(f)
+                continue
+            flush(i - len(pending))
+            extra: Any = None
+            if kind in ("strings", "longs"):
+                extra = _StringCache() if kind == "strings" else _LongCache()
+                self._caches.append(extra)
+            elif kind == "wide":  # fastavro writes the arrays that are not all 8-byte varints
+                extra = parse_schema(t)
+            self._runs.append((kind, (f["name"], f.get("default")), extra))
+        flush(len(fields) - len(pending))
+
+    def encode(self, record: dict[str, Any]) -> bytes:
+        for cache in self._caches:
+            if len(cache) > self.max_cached:
+                cache.clear()
+        parts: list[bytes] = []
+        add = parts.append
+        for kind, what, extra in self._runs:
+            if kind == "fields":
+                buf = io.BytesIO()
+                schemaless_writer(buf, what, record)
+                add(buf.getvalue())
+                continue
+            name, default = what
+            value = record.get(name, default)
+            if value is None:
+                raise ValueError(f"no value for field {name}")
+            n = len(value)
+            if kind == "bytes":
+                if value.__class__ is not bytes:
+                    raise TypeError(f"{name}: expected bytes, not {value.__class__.__name__}")
+                add(_varint(n))
+                add(value)
+                continue
+            if not n:
+                add(b"\x00")
+                continue
+            add(_varint(n))
+            if kind == "wide":
+                lanes = _wide_varints(value)
+                if lanes is None:
+                    if not all(v.__class__ is int for v in value):  # fastavro would truncate a float
+                        raise TypeError(f"{name}: every item must be an integer")
+                    parts.pop()  # fastavro writes the count itself
+                    buf = io.BytesIO()
+                    schemaless_writer(buf, extra, value)
+                    add(buf.getvalue())
+                    continue
+                add(lanes)
+            elif kind == "doubles":
+                packed = array.array("d", value)
+                if _BIG_ENDIAN:
+                    packed.byteswap()
+                add(packed.tobytes())
+            elif kind == "booleans":
+                if not all(v.__class__ is bool for v in value):
+                    raise TypeError(f"{name}: every item must be a bool")
+                add(bytes(value))
+            else:
+                add(b"".join(map(extra.__getitem__, value)))
+            add(b"\x00")
+        return b"".join(parts)
+
+
+_BIG_ENDIAN = sys.byteorder == "big"
+_WIDE_LO, _WIDE_HI = 2**48, 2**55  # their zigzag varints are exactly 8 bytes
+_WIDE_GROUPS = [(0x7F << (7 * k)).to_bytes(8, "little") for k in range(8)]
+_WIDE_MORE = bytes([0x80] * 7 + [0])
+_wide_masks: dict[int, tuple[int, list[int]]] = {}
+
+
+def _wide_varints(values: Sequence[int]) -> bytes | None:
+    """The zigzag varints of `values` when every one is 8 bytes long (the longs in
+    [2**48, 2**55): microsecond timestamps from 1978 to the year 3111), else None.
+
+    All values at once, as lanes of one big integer: each lane's 7-bit groups move up one
+    bit per group, and every byte but a lane's last gets the continuation bit.
+    """
+    if min(values) < _WIDE_LO or max(values) >= _WIDE_HI:
+        return None
+    n = len(values)
+    masks = _wide_masks.get(n)
+    if masks is None:
+        if len(_wide_masks) > 64:
+            _wide_masks.clear()
+        more = int.from_bytes(_WIDE_MORE * n, "little")
+        masks = _wide_masks[n] = (more, [int.from_bytes(g * n, "little") for g in _WIDE_GROUPS])
+    out, groups = masks
+    packed = array.array("q", values)
+    if _BIG_ENDIAN:
+        packed.byteswap()
+    z = int.from_bytes(packed.tobytes(), "little") << 1  # zigzag of a non-negative long: twice it
+    for k, group in enumerate(groups):
+        out |= (z & group) << k
+    return out.to_bytes(8 * n, "little")
+
+
+class _StringCache(dict[Any, bytes]):
+    def __missing__(self, key: Any) -> bytes:
+        if key.__class__ is not str:
+            raise TypeError(f"expected a string, not {key.__class__.__name__}")
+        b = self[key] = _avro_string(key)
+        return b
+
+
+class _LongCache(dict[Any, bytes]):
+    def __missing__(self, key: Any) -> bytes:
+        if key.__class__ is not int or not -(2**63) <= key < 2**63:
+            raise TypeError(f"expected a 64-bit integer, not {key!r}")
+        b = self[key] = _varint(key)
+        return b
+
+
+def _varint(n: int) -> bytes:
+    """Avro's zigzag varint of a long."""
+    z = (n << 1) ^ (n >> 63)
+    head = bytearray()
+    while z > 0x7F:
+        head.append((z & 0x7F) | 0x80)
+        z >>= 7
+    head.append(z)
+    return bytes(head)
 
 
 def _avro_string(s: str) -> bytes:

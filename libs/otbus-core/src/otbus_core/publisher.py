@@ -19,13 +19,13 @@ from typing import Any, NamedTuple
 from confluent_kafka import KafkaError, KafkaException, Message
 from confluent_kafka import Producer as _Producer
 
-from otbus_core.codec import AvroCodec
+from otbus_core.codec import AvroCodec, ColumnEncoder
 from otbus_core.envelope import TYPE_RAW_READINGS, ce_headers, micros_to_rfc3339, now_micros
 from otbus_core.exceptions import TransientError
 from otbus_core.ids import uuid7, uuid7_block, uuid7_millis
 from otbus_core.kafka import admin_client, base_config, find_event_ids
 from otbus_core.producer import PRODUCER_DEFAULTS
-from otbus_core.raw import MAX_RECORD_BYTES, NONE, encode_in_chunks, pack_values
+from otbus_core.raw import MAX_RECORD_BYTES, NONE, REPEATING_COLUMNS, encode_in_chunks, pack_values
 from otbus_core.schemas import RAW_READING_BATCH
 from otbus_core.settings import OtbusSettings
 from otbus_core.spool import Spool, SpoolRecord
@@ -55,7 +55,7 @@ class RawEncoder:
     def __init__(self, codec: AvroCodec, max_readings: int = 1000) -> None:
         self.codec = codec
         self.max_readings = max_readings
-        self._schema = codec.schemas.latest(RAW_READING_BATCH)
+        self._encoder = ColumnEncoder(codec.schemas.latest(RAW_READING_BATCH), REPEATING_COLUMNS)
 
     def records(
         self,
@@ -75,7 +75,7 @@ class RawEncoder:
         out: list[SpoolRecord] = []
 
         def encode(chunk: Sequence[Reading]) -> bytes:
-            return self.codec.encode_with(prefix, self._schema, _columns(source_id, protocol, context, received, chunk))
+            return prefix + self._encoder.encode(_columns(source_id, protocol, context, received, chunk))
 
         for chunk, value in encode_in_chunks(readings, self.max_readings, encode):
             headers = ce_headers(uuid7(), source, TYPE_RAW_READINGS, tenant, time_text, source_id, uri)

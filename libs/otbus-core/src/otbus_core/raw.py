@@ -12,12 +12,16 @@ from typing import Any, TypeVar
 
 from otbus_core.exceptions import PoisonRecord
 
-__all__ = ["MAX_RECORD_BYTES", "NONE", "encode_in_chunks", "pack_values", "unpack_values"]
+__all__ = ["MAX_RECORD_BYTES", "NONE", "REPEATING_COLUMNS", "encode_in_chunks", "pack_values", "unpack_values"]
 
 MAX_RECORD_BYTES = 900_000
 """Below the broker's default message.max.bytes (1 MB), with room for headers."""
 
 T = TypeVar("T")
+
+REPEATING_COLUMNS = ("tags", "data_types", "qualities", "quality_codes", "units")
+"""Columns whose values recur from batch to batch (a plant's tags report again and again):
+`codec.ColumnEncoder` caches their encodings."""
 
 NONE = -(2**63)
 """Stands for 'not given' in `quality_codes` and `source_times`."""

@@ -6,15 +6,15 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from otbus_core.codec import AvroCodec
+from otbus_core.codec import AvroCodec, ColumnEncoder
 from otbus_core.dlq import encode_dead_letter
 from otbus_core.envelope import TYPE_RAW_READINGS, ce_headers, micros_to_rfc3339, now_micros
 from otbus_core.ids import uuid7, uuid7_block
-from otbus_core.raw import NONE, encode_in_chunks, pack_values
+from otbus_core.raw import NONE, REPEATING_COLUMNS, encode_in_chunks, pack_values
 from otbus_core.records import DeadLetter, OutRecord
 from otbus_core.schemas import RAW_READING_BATCH
 from otbus_core.topics import raw_topic
-from otbus_ingest_http.validation import ItemError, timestamp_micros
+from otbus_ingest_http.validation import SECONDS_BELOW, ItemError, timestamp_micros
 
 __all__ = ["STAGE", "RawPublisher"]
 
@@ -27,7 +27,7 @@ class RawPublisher:
         self.codec = codec
         self.chunk = readings_per_message
         self.contexts = contexts
-        self._schema = codec.schemas.latest(RAW_READING_BATCH)
+        self._encoder = ColumnEncoder(codec.schemas.latest(RAW_READING_BATCH), REPEATING_COLUMNS)
 
     def records(self, tenant: str, source_id: str, events: Sequence[Any], correlation_id: str) -> list[OutRecord]:
         """Raw batch records of at most `readings_per_message` readings and `MAX_RECORD_BYTES` each."""
@@ -48,7 +48,7 @@ class RawPublisher:
         out: list[OutRecord] = []
 
         def encode(chunk: Sequence[Any]) -> bytes:
-            return self.codec.encode_with(prefix, self._schema, _columns(source_id, context, received, chunk))
+            return prefix + self._encoder.encode(_columns(source_id, context, received, chunk))
 
         for _chunk, value in encode_in_chunks(events, self.chunk, encode):
             if out:  # each record its own event id
@@ -92,19 +92,32 @@ class RawPublisher:
 
 
 def _columns(source_id: str, context: dict[str, str], received: int, chunk: Sequence[Any]) -> dict[str, Any]:
+    # comprehensions with the common case inline: this runs for every event posted
     return {
         "source_id": source_id,
         "protocol": PROTOCOL,
         "context": context,
         "first_id": uuid7_block(len(chunk)),
         "received_time": received,
-        "tags": [_tag(ev.tagPath, ev.tagProvider) for ev in chunk],
-        **pack_values(ev.value for ev in chunk),
+        "tags": [
+            ev.tagPath if ev.tagPath[:1] == "[" or not ev.tagProvider else _tag(ev.tagPath, ev.tagProvider)
+            for ev in chunk
+        ],
+        **pack_values([ev.value for ev in chunk]),
         "data_types": [ev.dataType or "" for ev in chunk],
         "qualities": [ev.quality or "" for ev in chunk],
         "quality_codes": [NONE if (c := ev.qualityCode) is None else c for ev in chunk],
-        "source_times": [NONE if (t := ev.timestamp) is None else timestamp_micros(t) for ev in chunk],
+        "source_times": [
+            ev.timestamp * 1000
+            if ev.timestamp.__class__ is int and ev.timestamp >= SECONDS_BELOW
+            else _micros(ev.timestamp)
+            for ev in chunk
+        ],
     }
+
+
+def _micros(ts: float | int | None) -> int:
+    return NONE if ts is None else timestamp_micros(ts)
 
 
 def _tag(path: str, provider: str | None) -> str:

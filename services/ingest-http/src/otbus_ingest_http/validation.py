@@ -16,12 +16,12 @@ from typing import Annotated, Any
 
 import msgspec
 
-__all__ = ["EventValidator", "ItemError", "TagEvent", "timestamp_micros"]
+__all__ = ["SECONDS_BELOW", "EventValidator", "ItemError", "TagEvent", "timestamp_micros"]
 
 _FIELD = re.compile(r"at `\$(?:\[\d+\])?\.?([A-Za-z_][A-Za-z0-9_]*)?")
 _MISSING = re.compile(r"missing required field `([^`]+)`")
 _MAX_TS_MS = 32_503_680_000_000  # year 3000
-_SECONDS_BELOW = 100_000_000_000  # a timestamp under this is seconds, not milliseconds (before 1973 in ms)
+SECONDS_BELOW = 100_000_000_000  # a timestamp under this is seconds, not milliseconds (before 1973 in ms)
 
 Int64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
 
@@ -162,6 +162,6 @@ def _item_error(i: int, message: str) -> ItemError:
 
 def timestamp_micros(ts: float | int) -> int:
     """Epoch milliseconds (Ignition's `system.date.now().time`), or seconds when below 1e11."""
-    if ts < _SECONDS_BELOW:
+    if ts < SECONDS_BELOW:
         return int(ts * 1_000_000)
     return int(ts * 1000)

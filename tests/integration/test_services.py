@@ -300,6 +300,17 @@ def test_identifier_headers_are_checked(stack: Stack) -> None:
             headers={"X-API-Key": stack.keys[t], name: value},
         )
         assert r.status_code == 400 and r.json()["field"] == name.lower()
+    url = f"{stack.ingest.url}/system/zerobus/ingest/batch"
+    r = httpx.post(url, params={"source": "a b/c"}, content=body, headers={"X-API-Key": stack.keys[t]})
+    assert r.status_code == 422 and r.json()["field"] == "source"
+    r = httpx.post(url, params={"source": "line-7"}, content=body, headers={"X-API-Key": stack.keys[t]})
+    assert r.status_code == 200 and r.json()["accepted"] == 1
+    assert httpx.get(url).status_code == 405  # not a POST: FastAPI answers
+    paths = httpx.get(f"{stack.ingest.url}/openapi.json").json()["paths"]
+    for prefix in ("/api/v1/ingest", "/system/zerobus/ingest"):
+        assert "post" in paths[prefix] and "post" in paths[f"{prefix}/batch"]
+        params = {p["name"] for p in paths[f"{prefix}/batch"]["post"]["parameters"]}
+        assert {"source", "api_key", "x-api-key", "authorization"} <= params
 
 
 def test_sigterm_finishes_and_exits_cleanly(stack: Stack) -> None:

@@ -227,7 +227,7 @@ def _raw_batch(rng: Any, n: int) -> dict[str, Any]:
         "tags": [f"[default]Line1/M{rng.randrange(30)}/{'é' * rng.randrange(80)}" for _ in range(n)],
         **pack_values(values),
         "data_types": [rng.choice(["float", "int", "", "Float8"]) for _ in range(n)],
-        "qualities": [rng.choice(["GOOD", "Bad_NotConnected", ""]) for _ in range(n)],
+        "qualities": rng.choice([["GOOD"] * n, [rng.choice(["GOOD", "Bad_NotConnected", ""]) for _ in range(n)]]),
         "quality_codes": [rng.choice([NONE, 192, 0, -2147483132, 2**63 - 1]) for _ in range(n)],
         "source_times": times,
         **({"units": units} if rng.random() < 0.5 else {}),  # absent: the schema's default []
@@ -265,6 +265,10 @@ def test_column_encoder_writes_exactly_what_fastavro_writes() -> None:
         ("doubles", ["x"], TypeError, True),
         ("value_kinds", "abc", TypeError, True),
         ("tags", None, ValueError, True),
+        ("received_time", 2**63, TypeError, True),
+        ("source_id", None, ValueError, True),
+        ("source_id", 5, TypeError, True),
+        ("context", {"k": 1}, TypeError, True),
         # fastavro writes these (the float truncated, 1 as true); a column of the wrong type is a bug: refuse
         ("quality_codes", [1.5], TypeError, False),
         ("source_times", [2**50, 1.5], TypeError, False),

@@ -9,6 +9,7 @@ import pytest
 from otbus_ingest_mqtt.config import JsonMapping
 from otbus_ingest_mqtt.decode import STALE, JsonDecoder, Rejected, SparkplugDecoder, ValueDecoder, rebirth_command
 
+from otbus_core.publisher import Reading
 from otbus_core.sparkplug import DT, encode_payload, pb
 
 T0 = 1_767_225_600_000  # ms
@@ -90,6 +91,9 @@ def test_sparkplug_birth_then_data_by_alias() -> None:
         (T0 + 1000) * 1000,
     )
     assert (c.tag, c.value, c.data_type) == ("plant/edge1/Count", 7, "Int32")
+    # readings are built with tuple.__new__ (fast): each is a whole Reading, fields in place
+    assert t == Reading(tag="plant/edge1/Temperature", value=21.0, source_time=(T0 + 1000) * 1000, data_type="Float")
+    assert type(t) is Reading and (t.unit, t.attributes, t.quality) == ("", None, "")
     assert asked == []
 
 

@@ -250,19 +250,21 @@ class SplitEncoder:
 class ColumnEncoder:
     """Encodes records of a columnar schema (arrays of readings) several times faster than fastavro.
 
-    An Avro array of n items is written as the zigzag varint n, the items, then a zero (or
-    just the zero when empty), and a record is the concatenation of its fields, so each
-    array field can be written on its own:
+    A record's Avro encoding is the concatenation of its fields' encodings, and an array of
+    n items is the zigzag varint n, the items, then a zero (or just the zero when empty), so
+    each field can be written on its own:
 
     - `array<double>`: the items are 8-byte little-endian IEEE doubles, so the whole array
       is one `array('d').tobytes()`; `array<boolean>` one byte per item; `bytes` a length
-      and the bytes.
+      and the bytes; a `string` or `long` its length or value as a varint (and the string).
     - the `array<string>` and `array<long>` fields named in `repeating` (tag paths, data
       types, qualities, quality codes: a plant's tags report again and again) join the
-      cached encoding of each item; a cache is cleared when it passes `max_cached` items.
+      cached encoding of each item, or repeat one when every item is the same; a cache is
+      cleared when it passes `max_cached` items.
     - any other `array<long>` whose items all have 8-byte varints (timestamps in
-      microseconds) is written at once by `_wide_varints`; fastavro writes it otherwise.
-    - every other run of fields is written by fastavro.
+      microseconds) is written at once by `_wide_varints`.
+    - fastavro writes every other field, and those arrays (and `array<long>`s) when the
+      fast paths do not apply; an empty array or map is just the zero.
 
     The result is byte for byte fastavro's encoding of the whole record; a test holds it to that.
     """
@@ -270,51 +272,35 @@ class ColumnEncoder:
     def __init__(self, schema: AvroSchema, repeating: Sequence[str] = (), max_cached: int = 200_000) -> None:
         doc = strip_logical_types(json.loads(schema.source))
         fields = doc["fields"]
-        names = {f["name"] for f in fields}
-        unknown = set(repeating) - names
+        unknown = set(repeating) - {f["name"] for f in fields}
         if unknown:
             raise ValueError(f"repeating names fields {sorted(unknown)} that {schema.full_name} does not have")
         self.max_cached = max_cached
         self._caches: list[dict[Any, bytes]] = []
-        self._runs: list[tuple[str, Any, Any]] = []  # (kind, sub-schema or (field, default), cache or schema)
-        pending: list[Any] = []
-
-        def flush(at: int) -> None:
-            if pending:
-                self._runs.append(("fields", SplitEncoder._sub(doc, list(pending), at), None))
-                pending.clear()
-
+        self._fields: list[tuple[str, str, Any, Any]] = []  # (kind, name, default, cache or sub-schema)
         for i, f in enumerate(fields):
             t = f["type"]
-            items = t.get("items") if isinstance(t, dict) and t.get("type") == "array" else None
-            kind: str | None = None
+            container = t.get("type") if isinstance(t, dict) and t.get("type") in ("array", "map") else None
+            items = t.get("items") if container == "array" else None
+            extra: Any = None
             if items == "double":
                 kind = "doubles"
             elif items == "boolean":
                 kind = "booleans"
-            elif t == "bytes":
-                kind = "bytes"
+            elif t in ("bytes", "string", "long"):
+                kind = t
             elif f["name"] in repeating:
-                if items == "string":
-                    kind = "strings"
-                elif items == "long":
-                    kind = "longs"
-                else:
+                if items not in ("string", "long"):
                     raise ValueError(f"repeating field {f['name']} must be an array of strings or longs")
-            elif items == "long":
-                kind = "wide"
-            if kind is None:
-                pending.append(f)
-                continue
-            flush(i - len(pending))
-            extra: Any = None
-            if kind in ("strings", "longs"):
-                extra = _StringCache() if kind == "strings" else _LongCache()
+                kind = "cached"
+                extra = _StringCache() if items == "string" else _LongCache()
                 self._caches.append(extra)
-            elif kind == "wide":  # fastavro writes the arrays that are not all 8-byte varints
-                extra = parse_schema(t)
-            self._runs.append((kind, (f["name"], f.get("default")), extra))
-        flush(len(fields) - len(pending))
+            elif items == "long":
+                kind, extra = "wide", parse_schema(t)  # fastavro for arrays that are not all 8-byte varints
+            else:
+                kind = "container" if container else "field"
+                extra = SplitEncoder._sub(doc, [f], i)
+            self._fields.append((kind, f["name"], f.get("default"), extra))
 
     def encode(self, record: dict[str, Any]) -> bytes:
         for cache in self._caches:
@@ -322,51 +308,59 @@ class ColumnEncoder:
                 cache.clear()
         parts: list[bytes] = []
         add = parts.append
-        for kind, what, extra in self._runs:
-            if kind == "fields":
-                buf = io.BytesIO()
-                schemaless_writer(buf, what, record)
-                add(buf.getvalue())
-                continue
-            name, default = what
+        for kind, name, default, extra in self._fields:
             value = record.get(name, default)
-            if value is None:
+            if value is None and kind != "field":
                 raise ValueError(f"no value for field {name}")
-            n = len(value)
-            if kind == "bytes":
+            if kind == "string":
+                if value.__class__ is not str:
+                    raise TypeError(f"{name}: expected a string, not {value.__class__.__name__}")
+                add(_avro_string(value))
+            elif kind == "long":
+                if value.__class__ is not int or not -(2**63) <= value < 2**63:
+                    raise TypeError(f"{name}: expected a 64-bit integer, not {value!r}")
+                add(_varint(value))
+            elif kind == "field" or (kind == "container" and value):
+                buf = io.BytesIO()
+                schemaless_writer(buf, extra, record)
+                add(buf.getvalue())
+            elif kind == "bytes":
                 if value.__class__ is not bytes:
                     raise TypeError(f"{name}: expected bytes, not {value.__class__.__name__}")
-                add(_varint(n))
+                add(_count(len(value)))
                 add(value)
-                continue
-            if not n:
-                add(b"\x00")
-                continue
-            add(_varint(n))
-            if kind == "wide":
-                lanes = _wide_varints(value)
-                if lanes is None:
-                    if not all(v.__class__ is int for v in value):  # fastavro would truncate a float
-                        raise TypeError(f"{name}: every item must be an integer")
-                    parts.pop()  # fastavro writes the count itself
-                    buf = io.BytesIO()
-                    schemaless_writer(buf, extra, value)
-                    add(buf.getvalue())
-                    continue
-                add(lanes)
-            elif kind == "doubles":
-                packed = array.array("d", value)
-                if _BIG_ENDIAN:
-                    packed.byteswap()
-                add(packed.tobytes())
-            elif kind == "booleans":
-                if not all(v.__class__ is bool for v in value):
-                    raise TypeError(f"{name}: every item must be a bool")
-                add(bytes(value))
+            elif not value:
+                add(b"\x00")  # an empty array or map
             else:
-                add(b"".join(map(extra.__getitem__, value)))
-            add(b"\x00")
+                add(_array(kind, name, value, extra))
         return b"".join(parts)
+
+
+def _array(kind: str, name: str, value: Sequence[Any], extra: Any) -> bytes:
+    """A non-empty array field: its count, its items, the closing zero."""
+    n = len(value)
+    if kind == "cached":
+        first = value[0]  # often one value throughout (all GOOD, one data type): repeat its bytes
+        body = extra[first] * n if value.count(first) == n else b"".join(map(extra.__getitem__, value))
+    elif kind == "wide":
+        wide = _wide_varints(value)
+        if wide is None:
+            if not all(v.__class__ is int for v in value):  # fastavro would truncate a float
+                raise TypeError(f"{name}: every item must be an integer")
+            buf = io.BytesIO()
+            schemaless_writer(buf, extra, value)
+            return buf.getvalue()
+        body = wide
+    elif kind == "doubles":
+        packed = array.array("d", value)
+        if _BIG_ENDIAN:
+            packed.byteswap()
+        body = packed.tobytes()
+    else:  # booleans
+        if not all(v.__class__ is bool for v in value):
+            raise TypeError(f"{name}: every item must be a bool")
+        body = bytes(value)
+    return b"".join((_count(n), body, b"\x00"))
 
 
 _BIG_ENDIAN = sys.byteorder == "big"
@@ -427,6 +421,14 @@ def _varint(n: int) -> bytes:
         z >>= 7
     head.append(z)
     return bytes(head)
+
+
+_SMALL = [_varint(i) for i in range(4096)]
+
+
+def _count(n: int) -> bytes:
+    """The varint of a count or length."""
+    return _SMALL[n] if n < 4096 else _varint(n)
 
 
 def _avro_string(s: str) -> bytes:

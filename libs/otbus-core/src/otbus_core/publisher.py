@@ -86,22 +86,24 @@ class RawEncoder:
 def _columns(
     source_id: str, protocol: str, context: Mapping[str, str], received: int, chunk: Sequence[Reading]
 ) -> dict[str, Any]:
-    units = [r.unit for r in chunk]
-    attrs = [dict(r.attributes) if r.attributes else {} for r in chunk]
+    # the readings turned into columns in one zip; None stands out with one `in` per column
+    tags, values, times, codes, qualities, data_types, units, attributes = zip(*chunk, strict=True)
+    quality_codes = [NONE if c is None else c for c in codes] if None in codes else list(codes)
+    source_times = [NONE if t is None else t for t in times] if None in times else list(times)
     return {
         "source_id": source_id,
         "protocol": protocol,
         "context": dict(context),
         "first_id": uuid7_block(len(chunk)),
         "received_time": received,
-        "tags": [r.tag for r in chunk],
-        **pack_values(r.value for r in chunk),
-        "data_types": [r.data_type for r in chunk],
-        "qualities": [r.quality for r in chunk],
-        "quality_codes": [NONE if (c := r.quality_code) is None else c for r in chunk],
-        "source_times": [NONE if (t := r.source_time) is None else t for r in chunk],
-        "units": units if any(units) else [],
-        "attributes": attrs if any(attrs) else [],
+        "tags": list(tags),
+        **pack_values(values),
+        "data_types": list(data_types),
+        "qualities": list(qualities),
+        "quality_codes": quality_codes,
+        "source_times": source_times,
+        "units": list(units) if any(units) else [],
+        "attributes": [dict(a) if a else {} for a in attributes] if any(attributes) else [],
     }
 
 

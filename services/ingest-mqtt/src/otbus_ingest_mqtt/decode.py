@@ -380,6 +380,7 @@ class SparkplugDecoder:
         out: list[Reading] = []
         cache = metrics.tags
         append = out.append
+        new = tuple.__new__
         for m in p.metrics:
             name = m.name
             if name:
@@ -417,7 +418,8 @@ class SparkplugDecoder:
             else:
                 ts = now_us = now_us or now_micros()
             quality = metric_quality(m) if m.HasField("properties") else None
-            append(Reading(info[0], value, ts, quality, "", info[1]))
+            # tuple.__new__ with every field: a third of the time of Reading(...), whose __new__ is Python
+            append(new(Reading, (info[0], value, ts, quality, "", info[1], "", None)))
         return out
 
     def _check_seq(self, t: SparkplugTopic, node: _Node, p: Any) -> None:

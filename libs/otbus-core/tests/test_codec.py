@@ -183,9 +183,9 @@ def test_split_encoder_writes_exactly_what_fastavro_writes() -> None:
     codec = AvroCodec()
     schema = codec.schemas.latest("tag_record")
     parts = ("tenant", "path", "site", "area", "line", "equipment", "signal_type", "tag_name")
-    enc = SplitEncoder(schema, [parts, ("source_id", "protocol", "source_tag")])
+    enc = SplitEncoder(schema, [parts, ("source_id", "protocol", "source_tag")], ["data_type", "ingest_time"])
     rng = random.Random(3)
-    values = [None, True, False, 0, -1, 2**63 - 1, -(2**63), 1.5, float("inf"), "", "ü€𝄞" * 50, "x" * 300]
+    values = [None, True, False, 0, -1, 4095, 4096, 2**63 - 1, -(2**63), 1.5, float("inf"), "", "ü€𝄞" * 50, "x" * 5000]
     for i in range(500):
         rec = {
             **TAG,
@@ -195,7 +195,9 @@ def test_split_encoder_writes_exactly_what_fastavro_writes() -> None:
             "value": rng.choice(values),
             "unit": rng.choice([None, "°C", ""]),
             "quality_code": rng.choice([None, 192, -2147483132]),
-            "source_time": rng.randrange(-(2**62), 2**62),
+            "source_time": rng.choice([rng.randrange(-(2**62), 2**62), rng.randrange(2**47, 2**56), 2**48, 2**55 - 1]),
+            "ingest_time": rng.choice([1_795_513_791_375_000, 2**48 - 1, 2**55, -(2**63)]),
+            "data_type": rng.choice(["DOUBLE", "STRING", "ü"]),
             "raw_event_id": uuid7(),
         }
         full = io.BytesIO()

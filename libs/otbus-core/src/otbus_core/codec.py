@@ -173,47 +173,58 @@ class AvroCodec:
 
 
 class SplitEncoder:
-    """Encodes records of one schema run by run, reusing the bytes of runs that repeat.
+    """Encodes records of one schema field by field, reusing the bytes of runs that repeat.
 
     Avro's binary encoding of a record is the concatenation of its fields' encodings, so a
     record can be written as consecutive runs of fields. The runs named in `cached` (each a
     list of consecutive field names) are encoded by fastavro once per distinct set of
     values and then reused: a tag's path parts and source, say, are the same in every
-    reading of that tag. The other runs are encoded by fastavro each time (a lone string
-    field directly: its length as a zigzag varint, then its UTF-8 bytes). The result is
-    byte for byte what encoding the whole record gives; a test holds it to that.
+    reading of that tag. Every other field that is a string, long, boolean, double or a
+    union of those and null is written here (a zigzag varint, UTF-8 bytes, 8 little-endian
+    bytes, a branch index), the ones named in `repeating` from a cache of their encodings
+    (data types, qualities); fastavro writes the rest, and any value whose branch is not
+    plain. The result is byte for byte what encoding the whole record gives; a test holds
+    it to that.
     """
 
     _MAX_CACHED = 200_000
 
-    def __init__(self, schema: AvroSchema, cached: Sequence[Sequence[str]]) -> None:
+    def __init__(self, schema: AvroSchema, cached: Sequence[Sequence[str]], repeating: Sequence[str] = ()) -> None:
         doc = strip_logical_types(json.loads(schema.source))
         fields = doc["fields"]
         names = [f["name"] for f in fields]
         starts = {g[0]: list(g) for g in cached}
-        self._runs: list[tuple[str, Any, tuple[str, ...]]] = []  # (kind, schema or None, field names)
+        # (kind, field name or key of a run, fastavro sub-schema, cache or union branches)
+        self._runs: list[tuple[str, Any, Any, Any]] = []
         self._caches: list[dict[Any, bytes]] = []
-        self._keys: list[Callable[[dict[str, Any]], Any]] = []
         i = 0
         while i < len(fields):
             group = starts.get(names[i])
             if group is not None:
                 if names[i : i + len(group)] != group:
                     raise ValueError(f"cached run {group} is not a run of consecutive fields of {schema.full_name}")
-                self._runs.append(("cached", self._sub(doc, fields[i : i + len(group)], i), tuple(group)))
-                self._caches.append({})
-                self._keys.append(operator.itemgetter(*group))
+                cache: dict[Any, bytes] = {}
+                self._caches.append(cache)
+                sub = self._sub(doc, fields[i : i + len(group)], i)
+                self._runs.append(("cached", operator.itemgetter(*group), sub, cache))
                 i += len(group)
                 continue
-            j = i
-            while j < len(fields) and names[j] not in starts:
-                j += 1
-            run = fields[i:j]
-            if len(run) == 1 and run[0]["type"] == "string":
-                self._runs.append(("string", None, (run[0]["name"],)))
+            f = fields[i]
+            t = f["type"]
+            sub = self._sub(doc, [f], i)  # fastavro, for what is not written here
+            if t in ("string", "long") and f["name"] in repeating:
+                plain: Any = _StringCache() if t == "string" else _LongCache()
+                self._caches.append(plain)
+                self._runs.append(("repeating", f["name"], sub, (_PLAIN_TYPES[t], plain.__getitem__)))
+            elif isinstance(t, str) and t in _PLAIN_WRITERS:
+                self._runs.append(("plain", f["name"], sub, (_PLAIN_TYPES[t], _PLAIN_WRITERS[t])))
+            elif isinstance(t, list) and t and all(isinstance(b, str) and b in _BRANCH_OF for b in t):
+                # value class -> (branch index, writer of the value or None for null)
+                branches = {_BRANCH_OF[b]: (_SMALL[k], _PLAIN_WRITERS.get(b)) for k, b in enumerate(t)}
+                self._runs.append(("union", f["name"], sub, branches))
             else:
-                self._runs.append(("fields", self._sub(doc, run, i), tuple(f["name"] for f in run)))
-            i = j
+                self._runs.append(("fastavro", f["name"], sub, None))
+            i += 1
 
     @staticmethod
     def _sub(doc: dict[str, Any], fields: list[Any], at: int) -> Any:
@@ -222,29 +233,38 @@ class SplitEncoder:
         )
 
     def encode(self, record: dict[str, Any]) -> bytes:
+        for cache in self._caches:
+            if len(cache) >= self._MAX_CACHED:
+                cache.clear()
         parts: list[bytes] = []
-        cache_no = 0
-        for kind, schema, names in self._runs:
-            if kind == "string":
-                parts.append(_avro_string(record[names[0]]))
-            elif kind == "fields":
-                buf = io.BytesIO()
-                schemaless_writer(buf, schema, record)
-                parts.append(buf.getvalue())
-            else:
-                cache = self._caches[cache_no]
-                key = self._keys[cache_no](record)
-                cache_no += 1
-                b = cache.get(key)
+        add = parts.append
+        for kind, name, sub, extra in self._runs:
+            if kind == "cached":
+                key = name(record)
+                b = extra.get(key)
                 if b is None:
-                    buf = io.BytesIO()
-                    schemaless_writer(buf, schema, record)
-                    b = buf.getvalue()
-                    if len(cache) >= self._MAX_CACHED:
-                        cache.clear()
-                    cache[key] = b
-                parts.append(b)
+                    b = extra[key] = _fastavro(sub, record)
+                add(b)
+                continue
+            value = record.get(name, _MISSING)
+            if kind == "union":
+                branch = extra.get(value.__class__)
+                if branch is not None:
+                    add(branch[0])
+                    if branch[1] is not None:
+                        add(branch[1](value))
+                    continue
+            elif kind != "fastavro" and value.__class__ is extra[0]:  # plain or repeating
+                add(extra[1](value))
+                continue
+            add(_fastavro(sub, record))  # a default, another type, a value fastavro converts or refuses
         return b"".join(parts)
+
+
+def _fastavro(schema: Any, record: dict[str, Any]) -> bytes:
+    buf = io.BytesIO()
+    schemaless_writer(buf, schema, record)
+    return buf.getvalue()
 
 
 class ColumnEncoder:
@@ -414,6 +434,19 @@ class _LongCache(dict[Any, bytes]):
 
 def _varint(n: int) -> bytes:
     """Avro's zigzag varint of a long."""
+    if 0x1_0000_0000_0000 <= n < 0x80_0000_0000_0000:  # 8 bytes (timestamps in µs): no loop
+        z = n << 1
+        return (
+            (z & 0x7F)
+            | (z << 1 & 0x7F00)
+            | (z << 2 & 0x7F_0000)
+            | (z << 3 & 0x7F00_0000)
+            | (z << 4 & 0x7F_0000_0000)
+            | (z << 5 & 0x7F00_0000_0000)
+            | (z << 6 & 0x7F_0000_0000_0000)
+            | (z << 7 & 0x7F00_0000_0000_0000)
+            | 0x0080_8080_8080_8080
+        ).to_bytes(8, "little")
     z = (n << 1) ^ (n >> 63)
     head = bytearray()
     while z > 0x7F:
@@ -433,6 +466,8 @@ def _count(n: int) -> bytes:
 
 def _avro_string(s: str) -> bytes:
     data = s.encode()
+    if len(data) < 4096:
+        return _SMALL[len(data)] + data
     n = len(data) << 1  # zigzag of a non-negative length
     head = bytearray()
     while n > 0x7F:
@@ -440,3 +475,29 @@ def _avro_string(s: str) -> bytes:
         n >>= 7
     head.append(n)
     return bytes(head) + data
+
+
+_MISSING = object()
+_pack_double = struct.Struct("<d").pack
+
+
+def _long(n: int) -> bytes:
+    if 0 <= n < 4096:
+        return _SMALL[n]
+    if not -(2**63) <= n < 2**63:
+        raise OverflowError(f"{n} is out of the range of a long")
+    return _varint(n)
+
+
+def _boolean(v: bool) -> bytes:
+    return b"\x01" if v else b"\x00"
+
+
+_PLAIN_WRITERS: dict[str, Callable[[Any], bytes]] = {
+    "string": _avro_string,
+    "long": _long,
+    "boolean": _boolean,
+    "double": _pack_double,
+}
+_PLAIN_TYPES: dict[str, type] = {"string": str, "long": int, "boolean": bool, "double": float}
+_BRANCH_OF: dict[str, type] = {"null": type(None), **_PLAIN_TYPES}

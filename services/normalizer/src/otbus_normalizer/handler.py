@@ -27,8 +27,10 @@ class NormalizerHandler:
     def __init__(self, codec: AvroCodec, mapper: TagMapper) -> None:
         self.codec = codec
         self.mapper = mapper
-        # a tag's path parts and its source are the same in every reading of it: encoded once
-        self._encoder = SplitEncoder(codec.schemas.latest(TAG_RECORD), [_TAG_PARTS, _TAG_SOURCE])
+        # a tag's path parts and its source are the same in every reading of it: encoded once;
+        # data types and qualities are a handful, and a batch's readings share an ingest time
+        repeating = ("data_type", "quality", "ingest_time")
+        self._encoder = SplitEncoder(codec.schemas.latest(TAG_RECORD), [_TAG_PARTS, _TAG_SOURCE], repeating)
 
     def handle(self, messages: list[Message]) -> Outcome:
         out = Outcome()

@@ -174,6 +174,7 @@ class TagMapper:
         self.default_context = {k: default_context.get(k, "unknown") for k in CONTEXT_KEYS}
         self.source_context = source_context
         self._paths: dict[tuple[str | None, ...], tuple[str, str, str]] = {}
+        self._qualities: dict[tuple[str, str, int | None], str] = {}
 
     def context_for(self, source_id: str, batch_context: Mapping[str, str]) -> dict[str, str]:
         ctx = dict(self.default_context)
@@ -200,7 +201,12 @@ class TagMapper:
         if not tag or not tag.strip():
             raise PoisonRecord("reading has an empty tag")
         value, data_type = coerce_value(r.value, r.data_type or None)
-        quality = map_quality(protocol, r.quality or None, r.quality_code)
+        qkey = (protocol, r.quality, r.quality_code)
+        quality = self._qualities.get(qkey)
+        if quality is None:  # a source sends few distinct qualities: each mapped once
+            if len(self._qualities) >= _QUALITY_CACHE:
+                self._qualities.clear()
+            quality = self._qualities[qkey] = map_quality(protocol, r.quality or None, r.quality_code)
         if value.__class__ is float and not math.isfinite(value):
             value, quality = None, BAD  # NaN/Inf carry no value; JSON and SQL cannot hold them
         key = (source_id, protocol, tag, r.attributes.get("signal_type"), *ctx.values())
@@ -265,6 +271,7 @@ class Reading(NamedTuple):
 _MIN_TIME = -62_135_596_800_000_000  # 0001-01-01, microseconds
 _MAX_TIME = 253_402_300_799_999_999  # 9999-12-31
 _PATH_CACHE = 200_000  # distinct tags remembered per normalizer before the cache starts over
+_QUALITY_CACHE = 10_000  # distinct (protocol, quality text, code)
 
 
 def columns(batch: Mapping[str, Any]) -> list[Reading]:

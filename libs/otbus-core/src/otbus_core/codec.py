@@ -205,17 +205,20 @@ class SplitEncoder:
                     raise ValueError(f"cached run {group} is not a run of consecutive fields of {schema.full_name}")
                 cache: dict[Any, bytes] = {}
                 self._caches.append(cache)
-                sub = self._sub(doc, fields[i : i + len(group)], i)
-                self._runs.append(("cached", operator.itemgetter(*group), sub, cache))
+                run = fields[i : i + len(group)]
+                sub = self._sub(doc, run, i)
+                # a run of plain strings (a tag's path parts) is written here on a miss too
+                strings = len(run) > 1 and all(f["type"] == "string" for f in run)  # the key is a tuple
+                self._runs.append(("cached", operator.itemgetter(*group), sub, (cache, strings)))
                 i += len(group)
                 continue
             f = fields[i]
             t = f["type"]
             sub = self._sub(doc, [f], i)  # fastavro, for what is not written here
             if t in ("string", "long") and f["name"] in repeating:
-                plain: Any = _StringCache() if t == "string" else _LongCache()
-                self._caches.append(plain)
-                self._runs.append(("repeating", f["name"], sub, (_PLAIN_TYPES[t], plain.__getitem__)))
+                known: Any = _StringCache() if t == "string" else _LongCache()
+                self._caches.append(known)
+                self._runs.append(("repeating", f["name"], sub, (_PLAIN_TYPES[t], known.__getitem__)))
             elif isinstance(t, str) and t in _PLAIN_WRITERS:
                 self._runs.append(("plain", f["name"], sub, (_PLAIN_TYPES[t], _PLAIN_WRITERS[t])))
             elif isinstance(t, list) and t and all(isinstance(b, str) and b in _BRANCH_OF for b in t):
@@ -241,9 +244,14 @@ class SplitEncoder:
         for kind, name, sub, extra in self._runs:
             if kind == "cached":
                 key = name(record)
-                b = extra.get(key)
+                cache, strings = extra
+                b = cache.get(key)
                 if b is None:
-                    b = extra[key] = _fastavro(sub, record)
+                    if strings and all(v.__class__ is str for v in key):
+                        b = b"".join(map(_avro_string, key))
+                    else:
+                        b = _fastavro(sub, record)
+                    cache[key] = b
                 add(b)
                 continue
             value = record.get(name, _MISSING)

@@ -175,6 +175,8 @@ class TagMapper:
         self.source_context = source_context
         self._paths: dict[tuple[str | None, ...], tuple[str, str, str]] = {}
         self._qualities: dict[tuple[str, str, int | None], str] = {}
+        self._names: dict[tuple[str, str | None], tuple[str, str]] = {}  # (tag, declared) -> (name, signal)
+        self._sources: dict[str, str] = {}  # source id -> its path-safe form
 
     def context_for(self, source_id: str, batch_context: Mapping[str, str]) -> dict[str, str]:
         ctx = dict(self.default_context)
@@ -188,12 +190,25 @@ class TagMapper:
     def _naming(
         self, source_id: str, protocol: str, ctx: Mapping[str, str], tag: str, declared: str | None
     ) -> tuple[str, str, str]:
-        """(path, signal_type, tag_name) of a tag: the same for every reading of it, so cached."""
-        parts = split_tag(tag)
-        tag_name = _safe(parts[-1])
-        signal_type = signal_type_of(parts, declared)
-        fields = {**ctx, "signal_type": signal_type, "tag_name": tag_name}
-        path = self.template.render({**fields, "source_id": _safe(source_id), "protocol": protocol})
+        """(path, signal_type, tag_name) of a tag: the same for every reading of it, so cached.
+
+        A tag's name and signal type do not depend on its source, and a source's safe id not
+        on the tag: each is worked out once (several sources often send the same tag names)."""
+        named = self._names.get((tag, declared))
+        if named is None:
+            parts = split_tag(tag)
+            named = (_safe(parts[-1]), signal_type_of(parts, declared))
+            if len(self._names) >= _PATH_CACHE:
+                self._names.clear()
+            self._names[(tag, declared)] = named
+        tag_name, signal_type = named
+        safe_source = self._sources.get(source_id)
+        if safe_source is None:
+            if len(self._sources) >= _QUALITY_CACHE:
+                self._sources.clear()
+            safe_source = self._sources[source_id] = _safe(source_id)
+        fields = {**ctx, "signal_type": signal_type, "tag_name": tag_name, "source_id": safe_source}
+        path = self.template.render({**fields, "protocol": protocol})
         return path, signal_type, tag_name
 
     def to_tag(self, tenant: str, source_id: str, protocol: str, ctx: Mapping[str, str], r: Reading) -> dict[str, Any]:

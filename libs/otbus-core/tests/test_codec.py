@@ -302,3 +302,50 @@ def test_column_encoder_checks_its_fields() -> None:
         ColumnEncoder(schema, ["nope"])
     with pytest.raises(ValueError, match="an array of strings or longs"):
         ColumnEncoder(schema, ["attributes"])
+
+
+@pytest.mark.parametrize(
+    "union",
+    [
+        ["null", "boolean", "long", "double", "string"],
+        ["null", "double", "long"],  # fastavro writes an int in the first branch that takes it
+        ["long", "boolean", "null"],  # and a bool as a long here
+        ["string", "null", "double"],
+    ],
+)
+def test_split_encoder_picks_the_union_branch_fastavro_picks(union: list[str]) -> None:
+    from fastavro import parse_schema
+
+    from otbus_core.codec import SplitEncoder
+    from otbus_core.schemas import AvroSchema
+
+    doc = {
+        "type": "record",
+        "name": "U",
+        "namespace": "t",
+        "fields": [{"name": "a", "type": "string"}, {"name": "v", "type": union}, {"name": "n", "type": "long"}],
+    }
+    parsed = parse_schema(doc)
+    schema = AvroSchema("u", 1, "t.U", json.dumps(doc), parsed, parsed, b"")
+    enc = SplitEncoder(schema, [])
+    for v in [None, True, False, 0, 5, -(2**63), 2**63 - 1, 2**63, -(2**70), 1.5, float("nan"), "", "x"]:
+        rec = {"a": "k", "v": v, "n": 7}
+        full = io.BytesIO()
+        try:
+            fastavro.schemaless_writer(full, parsed, rec)
+        except (TypeError, ValueError, OverflowError):
+            with pytest.raises((TypeError, ValueError, OverflowError)):
+                enc.encode(rec)
+            continue
+        assert enc.encode(rec) == full.getvalue(), (union, v)
+
+
+def test_string_caches_are_bounded() -> None:
+    from otbus_core.codec import _avro_string, _StringCache
+
+    cache = _StringCache(limit=3)
+    long_one = "p" * 129
+    assert cache[long_one] == _avro_string(long_one) and long_one not in cache  # long strings are not kept
+    for s in ("a", "b", "c", "d"):
+        assert cache[s] == _avro_string(s)
+    assert len(cache) <= 3

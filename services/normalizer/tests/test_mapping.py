@@ -83,6 +83,13 @@ def test_coercion_refuses(value: object, declared: str) -> None:
         coerce_value(value, declared)
 
 
+@pytest.mark.parametrize("value", [1e20, "99999999999999999999", 2**63, -(2**63) - 1])
+def test_an_int64_out_of_range_is_poison(value: object) -> None:
+    with pytest.raises(PoisonRecord, match="outside the range of INT64"):
+        coerce_value(value, "Int64")
+    assert coerce_value(2**63 - 1, "int") == (2**63 - 1, "INT64")
+
+
 def test_split_and_signal_type() -> None:
     assert split_tag("[default]Sample_Tags/Ramp/Ramp0") == ["Sample_Tags", "Ramp", "Ramp0"]
     assert split_tag("ns=2;s=Line1.Reactor.Temp") == ["Line1", "Reactor", "Temp"]

@@ -216,14 +216,18 @@ class SplitEncoder:
             t = f["type"]
             sub = self._sub(doc, [f], i)  # fastavro, for what is not written here
             if t in ("string", "long") and f["name"] in repeating:
-                known: Any = _StringCache() if t == "string" else _LongCache()
-                self._caches.append(known)
+                known: Any = _StringCache(_REPEATING_MAX) if t == "string" else _LongCache(_REPEATING_MAX)
                 self._runs.append(("repeating", f["name"], sub, (_PLAIN_TYPES[t], known.__getitem__)))
             elif isinstance(t, str) and t in _PLAIN_WRITERS:
                 self._runs.append(("plain", f["name"], sub, (_PLAIN_TYPES[t], _PLAIN_WRITERS[t])))
-            elif isinstance(t, list) and t and all(isinstance(b, str) and b in _BRANCH_OF for b in t):
-                # value class -> (branch index, writer of the value or None for null)
-                branches = {_BRANCH_OF[b]: (_SMALL[k], _PLAIN_WRITERS.get(b)) for k, b in enumerate(t)}
+            elif isinstance(t, list) and t and all(isinstance(b, str) and b in _TAKES for b in t):
+                # value class -> (branch index, writer of the value or None for null): the first
+                # branch that takes the class, as fastavro picks it
+                branches = {}
+                for cls in (type(None), bool, int, float, str):
+                    k = next((k for k, b in enumerate(t) if cls in _TAKES[b]), None)
+                    if k is not None:
+                        branches[cls] = (_SMALL[k], _PLAIN_WRITERS.get(t[k]))
                 self._runs.append(("union", f["name"], sub, branches))
             else:
                 self._runs.append(("fastavro", f["name"], sub, None))
@@ -257,7 +261,7 @@ class SplitEncoder:
             value = record.get(name, _MISSING)
             if kind == "union":
                 branch = extra.get(value.__class__)
-                if branch is not None:
+                if branch is not None and (value.__class__ is not int or -(2**63) <= value < 2**63):
                     add(branch[0])
                     if branch[1] is not None:
                         add(branch[1](value))
@@ -288,7 +292,7 @@ class ColumnEncoder:
     - the `array<string>` and `array<long>` fields named in `repeating` (tag paths, data
       types, qualities, quality codes: a plant's tags report again and again) join the
       cached encoding of each item, or repeat one when every item is the same; a cache is
-      cleared when it passes `max_cached` items.
+      cleared when it reaches `max_cached` items, and strings over 128 characters are not kept.
     - any other `array<long>` whose items all have 8-byte varints (timestamps in
       microseconds) is written at once by `_wide_varints`.
     - fastavro writes every other field, and those arrays (and `array<long>`s) when the
@@ -303,8 +307,6 @@ class ColumnEncoder:
         unknown = set(repeating) - {f["name"] for f in fields}
         if unknown:
             raise ValueError(f"repeating names fields {sorted(unknown)} that {schema.full_name} does not have")
-        self.max_cached = max_cached
-        self._caches: list[dict[Any, bytes]] = []
         self._fields: list[tuple[str, str, Any, Any]] = []  # (kind, name, default, cache or sub-schema)
         for i, f in enumerate(fields):
             t = f["type"]
@@ -321,8 +323,7 @@ class ColumnEncoder:
                 if items not in ("string", "long"):
                     raise ValueError(f"repeating field {f['name']} must be an array of strings or longs")
                 kind = "cached"
-                extra = _StringCache() if items == "string" else _LongCache()
-                self._caches.append(extra)
+                extra = _StringCache(max_cached) if items == "string" else _LongCache(max_cached)
             elif items == "long":
                 kind, extra = "wide", parse_schema(t)  # fastavro for arrays that are not all 8-byte varints
             else:
@@ -331,9 +332,6 @@ class ColumnEncoder:
             self._fields.append((kind, f["name"], f.get("default"), extra))
 
     def encode(self, record: dict[str, Any]) -> bytes:
-        for cache in self._caches:
-            if len(cache) > self.max_cached:
-                cache.clear()
         parts: list[bytes] = []
         add = parts.append
         for kind, name, default, extra in self._fields:
@@ -425,19 +423,42 @@ def _wide_varints(values: Sequence[int]) -> bytes | None:
 
 
 class _StringCache(dict[Any, bytes]):
+    """Encoded strings by value: those up to `_CACHED_CHARS` characters (tag paths, data
+    types), at most `limit` of them (cleared when full); longer ones are encoded each time."""
+
+    def __init__(self, limit: int = 100_000) -> None:
+        super().__init__()
+        self.limit = limit
+
     def __missing__(self, key: Any) -> bytes:
         if key.__class__ is not str:
             raise TypeError(f"expected a string, not {key.__class__.__name__}")
-        b = self[key] = _avro_string(key)
+        b = _avro_string(key)
+        if len(key) <= _CACHED_CHARS:
+            if len(self) >= self.limit:
+                self.clear()
+            self[key] = b
         return b
 
 
 class _LongCache(dict[Any, bytes]):
+    """Zigzag varints by value, at most `limit` of them (cleared when full)."""
+
+    def __init__(self, limit: int = 100_000) -> None:
+        super().__init__()
+        self.limit = limit
+
     def __missing__(self, key: Any) -> bytes:
         if key.__class__ is not int or not -(2**63) <= key < 2**63:
             raise TypeError(f"expected a 64-bit integer, not {key!r}")
+        if len(self) >= self.limit:
+            self.clear()
         b = self[key] = _varint(key)
         return b
+
+
+_CACHED_CHARS = 128
+_REPEATING_MAX = 10_000  # data types, qualities, a batch's ingest time: few at a time
 
 
 def _varint(n: int) -> bytes:
@@ -508,4 +529,11 @@ _PLAIN_WRITERS: dict[str, Callable[[Any], bytes]] = {
     "double": _pack_double,
 }
 _PLAIN_TYPES: dict[str, type] = {"string": str, "long": int, "boolean": bool, "double": float}
-_BRANCH_OF: dict[str, type] = {"null": type(None), **_PLAIN_TYPES}
+# the Python classes each union branch takes, as fastavro decides (an int goes in a double too)
+_TAKES: dict[str, tuple[type, ...]] = {
+    "null": (type(None),),
+    "boolean": (bool,),
+    "long": (int,),
+    "double": (float, int),
+    "string": (str,),
+}

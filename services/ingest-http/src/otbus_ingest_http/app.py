@@ -147,7 +147,8 @@ class _IngestEndpoints:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
-            batch = _INGEST_PATHS.get(scope["path"])
+            path, root = scope["path"], scope.get("root_path", "")
+            batch = _INGEST_PATHS.get(path[len(root) :] if root and path.startswith(root) else path)
             if batch is not None:
                 await self.serve(scope, receive, send, batch)
                 return
@@ -238,11 +239,11 @@ def create_app(settings: IngestHttpSettings) -> FastAPI:
             raise _Problem(503, "Kafka did not acknowledge the events; retry the request") from e
 
     async def ingest(st: State, call: _Call, batch: bool) -> tuple[int, dict[str, Any]]:
-        st.diag.requests += 1
         tenant = st.tokens.tenant_for(TokenMap.from_request_parts(*call.credentials()))
         if tenant is None:
             st.diag.unauthorized += 1
             raise _Problem(401, "missing or invalid API key (Authorization: Bearer, X-API-Key or ?api_key=)")
+        st.diag.requests += 1
         source_id = call.source() or call.token_header("x-otbus-source") or st.settings.default_source
         correlation = call.token_header("x-request-id") or uuid7()
         body = await call.body(st.settings.max_body_bytes)

@@ -137,14 +137,15 @@ def coerce_value(value: Any, declared: str | None) -> tuple[Any, str]:
             if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0"):
                 return value.strip().lower() in ("true", "1"), want
         elif want == "INT64":
-            if isinstance(value, bool):
-                return int(value), want
-            if isinstance(value, int):
-                return value, want
-            if isinstance(value, float) and value.is_integer():
-                return int(value), want
-            if isinstance(value, str):
-                return int(value.strip()), want
+            n: int | None = None
+            if isinstance(value, bool | int) or (isinstance(value, float) and value.is_integer()):
+                n = int(value)
+            elif isinstance(value, str):
+                n = int(value.strip())
+            if n is not None:
+                if not -(2**63) <= n < 2**63:
+                    raise PoisonRecord(f"value {value!r:.80} is outside the range of INT64")
+                return n, want
         elif want == "DOUBLE":
             if isinstance(value, bool):
                 return float(value), want

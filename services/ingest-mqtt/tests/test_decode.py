@@ -108,6 +108,25 @@ def test_sparkplug_seq_gap_requests_a_rebirth_and_still_reads() -> None:
     assert d.stats.seq_gaps == 1  # back in step
 
 
+def test_sparkplug_aliases_are_remembered_until_the_next_birth() -> None:
+    d = SparkplugDecoder(None, rebirth_every_s=0)
+    birth = [{"name": "Zero", "alias": 0, "datatype": DT.Double, "value": 1.0}]
+    d("spBv1.0/plant/NBIRTH/edge1", encode_payload(birth, 0, T0))
+    data = encode_payload([{"alias": 0, "datatype": DT.Double, "value": 2.0}], 1, T0)
+    assert [(r.tag, r.value) for r in d("spBv1.0/plant/NDATA/edge1", data)] == [("plant/edge1/Zero", 2.0)]
+    nameless = encode_payload([{"datatype": DT.Double, "value": 3.0}], 2, T0)  # no name, no alias
+    with pytest.raises(Rejected) as e:
+        d("spBv1.0/plant/NDATA/edge1", nameless)
+    assert e.value.error_type == "UnknownAlias"
+    # a new birth gives alias 0 to another metric: data reads as that one
+    reborn = [{"name": "Other", "alias": 0, "datatype": DT.Int32, "value": 1}]
+    d("spBv1.0/plant/NBIRTH/edge1", encode_payload(reborn, 0, T0))
+    data = encode_payload([{"alias": 0, "datatype": DT.Int32, "value": 5}], 1, T0)
+    assert [(r.tag, r.value, r.data_type) for r in d("spBv1.0/plant/NDATA/edge1", data)] == [
+        ("plant/edge1/Other", 5, "Int32")
+    ]
+
+
 def test_sparkplug_data_without_birth_is_rejected_and_asks_for_one() -> None:
     asked: list[tuple[str, str]] = []
     d = SparkplugDecoder(lambda g, e: asked.append((g, e)), rebirth_every_s=0)

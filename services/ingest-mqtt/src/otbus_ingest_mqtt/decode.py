@@ -172,8 +172,15 @@ class ValueDecoder:
 class _Metrics:
     by_alias: dict[int, tuple[str, int]] = field(default_factory=dict)  # alias -> (name, datatype)
     types: dict[str, int] = field(default_factory=dict)  # name -> datatype
-    tags: dict[tuple[str, int], tuple[str, str, bool]] = field(default_factory=dict)  # -> (tag, type, skip)
+    # (name, datatype) or alias -> (tag, type name, skip, datatype), filled as data arrives
+    tags: dict[tuple[str, int], tuple[str, str, bool, int]] = field(default_factory=dict)
+    alias_tags: dict[int, tuple[str, str, bool, int]] = field(default_factory=dict)
     alive: bool = False
+
+
+def _tag_info(base: str, name: str, datatype: int) -> tuple[str, str, bool, int]:
+    skip = name == "bdSeq" or name.startswith("Node Control/")
+    return f"{base}/{name}", type_name(datatype), skip, datatype
 
 
 def _doc_of(m: _Metrics) -> dict[str, Any]:
@@ -379,23 +386,26 @@ class SparkplugDecoder:
         now_us = None
         out: list[Reading] = []
         cache = metrics.tags
+        by_alias = metrics.alias_tags
         append = out.append
         new = tuple.__new__
         for m in p.metrics:
+            # per metric once: (its tag, its type's name, whether it is a reading at all, its datatype)
             name = m.name
             if name:
                 dt = m.datatype or metrics.types.get(name, 0)
+                info = cache.get((name, dt))
+                if info is None:
+                    info = cache[(name, dt)] = _tag_info(base, name, dt)
             else:
                 alias = m.alias
-                known = metrics.by_alias.get(alias)
-                if known is None or not m.HasField("alias"):
-                    raise Rejected(f"metric alias {alias} is not in the BIRTH (rebirth needed)", "UnknownAlias")
-                name, dt = known
-            key = (name, dt)
-            info = cache.get(key)
-            if info is None:  # per metric once: its tag, its type's name, whether it is a reading at all
-                skip = name == "bdSeq" or name.startswith("Node Control/")
-                info = cache[key] = (f"{base}/{name}", type_name(dt), skip)
+                info = by_alias.get(alias)
+                if info is None or (alias == 0 and not m.HasField("alias")):  # no alias at all reads as 0
+                    known = metrics.by_alias.get(alias)
+                    if known is None or not m.HasField("alias"):
+                        raise Rejected(f"metric alias {alias} is not in the BIRTH (rebirth needed)", "UnknownAlias")
+                    info = by_alias[alias] = _tag_info(base, *known)
+                dt = info[3]
             if info[2]:
                 continue
             field = m.WhichOneof("value")

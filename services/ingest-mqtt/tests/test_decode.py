@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -165,11 +166,17 @@ def test_rebirth_command_is_the_node_control_metric() -> None:
 
 def test_birth_tables_survive_a_restart(tmp_path: Path) -> None:
     state = tmp_path / "spb.json"
-    d = SparkplugDecoder(state_path=state)
+    d = SparkplugDecoder(state_path=state, save_delay_s=0.2)
     d("spBv1.0/plant/NBIRTH/edge1", _birth())
-    again = SparkplugDecoder(state_path=state)  # a restarted adapter: no BIRTH seen since
+    assert not state.exists()  # written a moment later, once for a burst of BIRTHs
+    deadline = time.monotonic() + 5
+    while not state.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert state.exists()  # by the timer, with no further message
+    again = SparkplugDecoder(state_path=state, save_delay_s=60)  # a restarted adapter: no BIRTH seen since
     (r,) = again("spBv1.0/plant/NDATA/edge1", encode_payload([{"alias": 1, "datatype": DT.Float, "value": 9.0}], 7, T0))
     assert (r.tag, r.value) == ("plant/edge1/Temperature", 9.0)
     again("spBv1.0/plant/NDEATH/edge1", encode_payload([{"name": "bdSeq", "datatype": DT.Int64, "value": 0}], None, T0))
+    again.flush()  # what the source does when it stops: the death is written now
     with pytest.raises(Rejected, match="before the NBIRTH"):
         SparkplugDecoder(state_path=state)("spBv1.0/plant/NDATA/edge1", encode_payload([], 8, T0))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -224,9 +225,12 @@ class SparkplugDecoder:
     `request_rebirth(group, edge_node)` is called (rate-limited) on a sequence gap or data
     for an unknown alias; the source publishes the NCMD.
 
-    With `state_path`, the BIRTH tables are kept on disk (rewritten on every BIRTH and DEATH)
-    and read back at start: data waiting in a persistent session while the adapter was away
-    is then decoded, not dead-lettered for want of its BIRTH.
+    With `state_path`, the BIRTH tables are kept on disk and read back at start: data waiting
+    in a persistent session while the adapter was away is then decoded, not dead-lettered for
+    want of its BIRTH. The file is rewritten `save_delay_s` after a BIRTH or DEATH (one write
+    for a burst: an edge node starting 100 devices rewrote its growing tables 100 times, 1.3 s
+    of CPU), and by `flush()` when the source stops. A crash in between loses only the tables
+    of that last moment, and their data asks for a rebirth as if no state had been kept.
     """
 
     def __init__(
@@ -234,12 +238,16 @@ class SparkplugDecoder:
         request_rebirth: Callable[[str, str], None] | None = None,
         rebirth_every_s: float = 5.0,
         state_path: Path | None = None,
+        save_delay_s: float = 0.5,
     ) -> None:
         self.nodes: dict[tuple[str, str], _Node] = {}
         self.request_rebirth = request_rebirth
         self.rebirth_every_s = rebirth_every_s
         self.stats = SparkplugStats()
         self.state_path = state_path
+        self.save_delay_s = save_delay_s
+        self._lock = threading.Lock()  # the MQTT thread decodes, a timer thread saves
+        self._saver: threading.Timer | None = None
         if state_path is not None and state_path.exists():
             self._load(state_path)
 
@@ -255,6 +263,23 @@ class SparkplugDecoder:
             self.nodes = {}
 
     def _save(self) -> None:
+        """Write the tables `save_delay_s` from now (called with the lock held)."""
+        if self.state_path is None or self._saver is not None:
+            return
+        self._saver = threading.Timer(self.save_delay_s, self.flush)
+        self._saver.daemon = True
+        self._saver.start()
+
+    def flush(self) -> None:
+        """Write the tables now if a change waits to be written."""
+        with self._lock:
+            if self._saver is None:
+                return
+            self._saver.cancel()
+            self._saver = None
+            self._write_state()
+
+    def _write_state(self) -> None:
         if self.state_path is None:
             return
         doc = {
@@ -275,6 +300,10 @@ class SparkplugDecoder:
         tmp.replace(self.state_path)
 
     def __call__(self, topic: str, payload: bytes) -> list[Reading]:
+        with self._lock:
+            return self._decode(topic, payload)
+
+    def _decode(self, topic: str, payload: bytes) -> list[Reading]:
         t = parse_topic(topic)
         if t is None:
             return []  # STATE and other non-data topics carry no readings

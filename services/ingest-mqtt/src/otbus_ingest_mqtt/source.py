@@ -137,6 +137,8 @@ class MqttSubscriber:
             client.on_disconnect = None
             client.disconnect()
             client.loop_stop()
+            if isinstance(decoder, SparkplugDecoder):
+                decoder.flush()  # the BIRTH tables a timer would have written
 
     def _decoder(self) -> Any:
         kind = self.cfg.effective_decoder

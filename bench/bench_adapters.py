@@ -257,7 +257,8 @@ sources:
 
 def bench_sparkplug(inf: Infra, home: Path) -> Entry:
     per = 100
-    devices = int(os.environ.get("BENCH_SPB_DEVICES", "100"))  # 10,000 tags: 100 metrics on each of 100 devices of one edge node
+    # 10,000 tags: 100 metrics on each of 100 devices of one edge node
+    devices = int(os.environ.get("BENCH_SPB_DEVICES", "100"))
     k = 600 if QUICK else 3000
     tenant = new_tenant()
     group = f"b{tenant}"

@@ -2,7 +2,7 @@
 
 * mqtt_json: N JSON messages (QoS 1) wait in the adapter's persistent session at Mosquitto
   (published while it was stopped); the adapter is started and timed from its first to its
-  last reading acknowledged by Kafka (`/api/v1/status`). Baseline: a bare paho subscriber
+  last reading acknowledged by Kafka (`/api/v1/status`, read every 50 ms). Baseline: a bare paho subscriber
   (QoS 1, auto ack, nothing decoded or produced) draining the same number from its session.
 * sparkplug: the same with Sparkplug B: NBIRTH, a DBIRTH for each of 100 devices of 100 metrics
   (10,000 tags), then DDATA of 100 metrics each, round robin over the devices.

@@ -23,6 +23,7 @@ from typing import Any
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 
 from otbus_core.exceptions import DecodeError, TransientError
+from otbus_core.memo import BoundedDict
 from otbus_core.schemas import AvroSchema, SchemaCatalog, catalog, strip_logical_types
 
 __all__ = ["AVRO_CONTENT_TYPE", "AvroCodec", "ColumnEncoder", "SplitEncoder"]
@@ -196,15 +197,13 @@ class SplitEncoder:
         starts = {g[0]: list(g) for g in cached}
         # (kind, field name or key of a run, fastavro sub-schema, cache or union branches)
         self._runs: list[tuple[str, Any, Any, Any]] = []
-        self._caches: list[dict[Any, bytes]] = []
         i = 0
         while i < len(fields):
             group = starts.get(names[i])
             if group is not None:
                 if names[i : i + len(group)] != group:
                     raise ValueError(f"cached run {group} is not a run of consecutive fields of {schema.full_name}")
-                cache: dict[Any, bytes] = {}
-                self._caches.append(cache)
+                cache: BoundedDict[Any, bytes] = BoundedDict(self._MAX_CACHED)
                 run = fields[i : i + len(group)]
                 sub = self._sub(doc, run, i)
                 # a run of plain strings (a tag's path parts) is written here on a miss too
@@ -240,9 +239,6 @@ class SplitEncoder:
         )
 
     def encode(self, record: dict[str, Any]) -> bytes:
-        for cache in self._caches:
-            if len(cache) >= self._MAX_CACHED:
-                cache.clear()
         parts: list[bytes] = []
         add = parts.append
         for kind, name, sub, extra in self._runs:
@@ -252,10 +248,9 @@ class SplitEncoder:
                 b = cache.get(key)
                 if b is None:
                     if strings and all(v.__class__ is str for v in key):
-                        b = b"".join(map(_avro_string, key))
+                        b = cache.put(key, b"".join(map(_avro_string, key)))
                     else:
-                        b = _fastavro(sub, record)
-                    cache[key] = b
+                        b = cache.put(key, _fastavro(sub, record))
                 add(b)
                 continue
             value = record.get(name, _MISSING)
@@ -273,9 +268,9 @@ class SplitEncoder:
         return b"".join(parts)
 
 
-def _fastavro(schema: Any, record: dict[str, Any]) -> bytes:
+def _fastavro(schema: Any, datum: Any) -> bytes:
     buf = io.BytesIO()
-    schemaless_writer(buf, schema, record)
+    schemaless_writer(buf, schema, datum)
     return buf.getvalue()
 
 
@@ -347,9 +342,7 @@ class ColumnEncoder:
                     raise TypeError(f"{name}: expected a 64-bit integer, not {value!r}")
                 add(_varint(value))
             elif kind == "field" or (kind == "container" and value):
-                buf = io.BytesIO()
-                schemaless_writer(buf, extra, record)
-                add(buf.getvalue())
+                add(_fastavro(extra, record))
             elif kind == "bytes":
                 if value.__class__ is not bytes:
                     raise TypeError(f"{name}: expected bytes, not {value.__class__.__name__}")
@@ -373,9 +366,7 @@ def _array(kind: str, name: str, value: Sequence[Any], extra: Any) -> bytes:
         if wide is None:
             if not all(v.__class__ is int for v in value):  # fastavro would truncate a float
                 raise TypeError(f"{name}: every item must be an integer")
-            buf = io.BytesIO()
-            schemaless_writer(buf, extra, value)
-            return buf.getvalue()
+            return _fastavro(extra, value)
         body = wide
     elif kind == "doubles":
         packed = array.array("d", value)
@@ -393,7 +384,7 @@ _BIG_ENDIAN = sys.byteorder == "big"
 _WIDE_LO, _WIDE_HI = 2**48, 2**55  # their zigzag varints are exactly 8 bytes
 _WIDE_GROUPS = [(0x7F << (7 * k)).to_bytes(8, "little") for k in range(8)]
 _WIDE_MORE = bytes([0x80] * 7 + [0])
-_wide_masks: dict[int, tuple[int, list[int]]] = {}
+_wide_masks: BoundedDict[int, tuple[int, list[int]]] = BoundedDict(64)  # by array length
 
 
 def _wide_varints(values: Sequence[int]) -> bytes | None:
@@ -408,10 +399,8 @@ def _wide_varints(values: Sequence[int]) -> bytes | None:
     n = len(values)
     masks = _wide_masks.get(n)
     if masks is None:
-        if len(_wide_masks) > 64:
-            _wide_masks.clear()
         more = int.from_bytes(_WIDE_MORE * n, "little")
-        masks = _wide_masks[n] = (more, [int.from_bytes(g * n, "little") for g in _WIDE_GROUPS])
+        masks = _wide_masks.put(n, (more, [int.from_bytes(g * n, "little") for g in _WIDE_GROUPS]))
     out, groups = masks
     packed = array.array("q", values)
     if _BIG_ENDIAN:
@@ -422,39 +411,30 @@ def _wide_varints(values: Sequence[int]) -> bytes | None:
     return out.to_bytes(8 * n, "little")
 
 
-class _StringCache(dict[Any, bytes]):
+class _StringCache(BoundedDict[Any, bytes]):
     """Encoded strings by value: those up to `_CACHED_CHARS` characters (tag paths, data
-    types), at most `limit` of them (cleared when full); longer ones are encoded each time."""
+    types), at most `limit` of them; longer ones are encoded each time."""
 
     def __init__(self, limit: int = 100_000) -> None:
-        super().__init__()
-        self.limit = limit
+        super().__init__(limit)
 
     def __missing__(self, key: Any) -> bytes:
         if key.__class__ is not str:
             raise TypeError(f"expected a string, not {key.__class__.__name__}")
         b = _avro_string(key)
-        if len(key) <= _CACHED_CHARS:
-            if len(self) >= self.limit:
-                self.clear()
-            self[key] = b
-        return b
+        return self.put(key, b) if len(key) <= _CACHED_CHARS else b
 
 
-class _LongCache(dict[Any, bytes]):
-    """Zigzag varints by value, at most `limit` of them (cleared when full)."""
+class _LongCache(BoundedDict[Any, bytes]):
+    """Zigzag varints by value, at most `limit` of them."""
 
     def __init__(self, limit: int = 100_000) -> None:
-        super().__init__()
-        self.limit = limit
+        super().__init__(limit)
 
     def __missing__(self, key: Any) -> bytes:
         if key.__class__ is not int or not -(2**63) <= key < 2**63:
             raise TypeError(f"expected a 64-bit integer, not {key!r}")
-        if len(self) >= self.limit:
-            self.clear()
-        b = self[key] = _varint(key)
-        return b
+        return self.put(key, _varint(key))
 
 
 _CACHED_CHARS = 128
@@ -495,15 +475,7 @@ def _count(n: int) -> bytes:
 
 def _avro_string(s: str) -> bytes:
     data = s.encode()
-    if len(data) < 4096:
-        return _SMALL[len(data)] + data
-    n = len(data) << 1  # zigzag of a non-negative length
-    head = bytearray()
-    while n > 0x7F:
-        head.append((n & 0x7F) | 0x80)
-        n >>= 7
-    head.append(n)
-    return bytes(head) + data
+    return _count(len(data)) + data
 
 
 _MISSING = object()

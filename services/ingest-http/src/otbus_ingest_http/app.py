@@ -12,7 +12,7 @@ from urllib.parse import parse_qsl
 
 import msgspec
 from confluent_kafka import KafkaException
-from fastapi import Body, FastAPI, Header, Query, Request
+from fastapi import Body, Depends, FastAPI, Header, Query, Request
 from fastapi.responses import Response
 from prometheus_client import Counter
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -303,43 +303,32 @@ def create_app(settings: IngestHttpSettings) -> FastAPI:
 
     # The ingest endpoints as the API documentation shows them; `_IngestEndpoints` answers
     # their requests before FastAPI routes them, so these bodies never run.
-    def _served_ahead() -> Response:
+    def credentials_and_source(
+        authorization: Annotated[str | None, Header(description="Bearer <API key>")] = None,
+        x_api_key: Annotated[str | None, Header(description="the API key")] = None,
+        api_key: Annotated[str | None, Query(description="API key, for clients that cannot set headers")] = None,
+        source: Annotated[
+            str | None, Query(max_length=128, pattern=_TOKEN_RE.pattern, description="source id (or X-Otbus-Source)")
+        ] = None,
+    ) -> None:
+        """The query parameters and headers of every ingest path."""
+
+    Params = Annotated[None, Depends(credentials_and_source)]
+
+    async def one(event: Annotated[dict[str, Any], Body(description="one Ignition tag event")], _: Params) -> Response:
+        """Ingest one tag event: `{accepted, dropped, errors}`; 422 when it is invalid."""
         raise RuntimeError("the ingest endpoints are served by _IngestEndpoints")
 
-    Key = Annotated[str | None, Header(description="Bearer <API key>")]
-    XKey = Annotated[str | None, Header(description="the API key")]
-    QKey = Annotated[str | None, Query(description="API key, for clients that cannot set headers")]
-    Source = Annotated[
-        str | None, Query(max_length=128, pattern=_TOKEN_RE.pattern, description="source id (or X-Otbus-Source)")
-    ]
-    Events = Annotated[list[dict[str, Any]], Body(description="Ignition tag events")]
-    Event = Annotated[dict[str, Any], Body(description="one Ignition tag event")]
+    async def many(
+        events: Annotated[list[dict[str, Any]], Body(description="Ignition tag events")], _: Params
+    ) -> Response:
+        """Ingest a JSON array of tag events (Ignition Event Streams script handler payload):
+        `{accepted, dropped, errors[]}`, valid events accepted even when others are not."""
+        raise RuntimeError("the ingest endpoints are served by _IngestEndpoints")
 
-    for prefix in ("/api/v1/ingest", "/system/zerobus/ingest"):
-
-        async def one(
-            event: Event,
-            authorization: Key = None,
-            x_api_key: XKey = None,
-            api_key: QKey = None,
-            source: Source = None,
-        ) -> Response:
-            """Ingest one tag event: `{accepted, dropped, errors}`; 422 when it is invalid."""
-            return _served_ahead()
-
-        async def many(
-            events: Events,
-            authorization: Key = None,
-            x_api_key: XKey = None,
-            api_key: QKey = None,
-            source: Source = None,
-        ) -> Response:
-            """Ingest a JSON array of tag events (Ignition Event Streams script handler payload):
-            `{accepted, dropped, errors[]}`, valid events accepted even when others are not."""
-            return _served_ahead()
-
-        app.add_api_route(prefix, one, methods=["POST"], summary="Ingest one tag event")
-        app.add_api_route(f"{prefix}/batch", many, methods=["POST"], summary="Ingest a batch of tag events")
+    for path, batch in _INGEST_PATHS.items():
+        summary = "Ingest a batch of tag events" if batch else "Ingest one tag event"
+        app.add_api_route(path, many if batch else one, methods=["POST"], summary=summary)
 
     def diagnostics(request: Request) -> dict[str, Any]:
         st = state_of(request)

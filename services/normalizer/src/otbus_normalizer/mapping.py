@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 
 from otbus_core.exceptions import ConfigError, PoisonRecord
 from otbus_core.ids import derive_uuid7, uuid7_seq
+from otbus_core.memo import BoundedDict
 from otbus_core.raw import NONE, unpack_values
 from otbus_normalizer.quality import BAD, map_quality
 
@@ -174,10 +175,11 @@ class TagMapper:
         self.template = template
         self.default_context = {k: default_context.get(k, "unknown") for k in CONTEXT_KEYS}
         self.source_context = source_context
-        self._paths: dict[tuple[str | None, ...], tuple[str, str, str]] = {}
-        self._qualities: dict[tuple[str, str, int | None], str] = {}
-        self._names: dict[tuple[str, str | None], tuple[str, str]] = {}  # (tag, declared) -> (name, signal)
-        self._sources: dict[str, str] = {}  # source id -> its path-safe form
+        self._paths: BoundedDict[tuple[str | None, ...], tuple[str, str, str]] = BoundedDict(_PATH_CACHE)
+        self._qualities: BoundedDict[tuple[str, str, int | None], str] = BoundedDict(_QUALITY_CACHE)
+        # (tag, declared signal type) -> (tag name, signal type); source id -> its path-safe form
+        self._names: BoundedDict[tuple[str, str | None], tuple[str, str]] = BoundedDict(_PATH_CACHE)
+        self._sources: BoundedDict[str, str] = BoundedDict(_QUALITY_CACHE)
 
     def context_for(self, source_id: str, batch_context: Mapping[str, str]) -> dict[str, str]:
         ctx = dict(self.default_context)
@@ -198,16 +200,11 @@ class TagMapper:
         named = self._names.get((tag, declared))
         if named is None:
             parts = split_tag(tag)
-            named = (_safe(parts[-1]), signal_type_of(parts, declared))
-            if len(self._names) >= _PATH_CACHE:
-                self._names.clear()
-            self._names[(tag, declared)] = named
+            named = self._names.put((tag, declared), (_safe(parts[-1]), signal_type_of(parts, declared)))
         tag_name, signal_type = named
         safe_source = self._sources.get(source_id)
         if safe_source is None:
-            if len(self._sources) >= _QUALITY_CACHE:
-                self._sources.clear()
-            safe_source = self._sources[source_id] = _safe(source_id)
+            safe_source = self._sources.put(source_id, _safe(source_id))
         fields = {**ctx, "signal_type": signal_type, "tag_name": tag_name, "source_id": safe_source}
         path = self.template.render({**fields, "protocol": protocol})
         return path, signal_type, tag_name
@@ -220,18 +217,13 @@ class TagMapper:
         qkey = (protocol, r.quality, r.quality_code)
         quality = self._qualities.get(qkey)
         if quality is None:  # a source sends few distinct qualities: each mapped once
-            if len(self._qualities) >= _QUALITY_CACHE:
-                self._qualities.clear()
-            quality = self._qualities[qkey] = map_quality(protocol, r.quality or None, r.quality_code)
+            quality = self._qualities.put(qkey, map_quality(protocol, r.quality or None, r.quality_code))
         if value.__class__ is float and not math.isfinite(value):
             value, quality = None, BAD  # NaN/Inf carry no value; JSON and SQL cannot hold them
         key = (source_id, protocol, tag, r.attributes.get("signal_type"), *ctx.values())
         naming = self._paths.get(key)
         if naming is None:
-            naming = self._naming(source_id, protocol, ctx, tag, r.attributes.get("signal_type"))
-            if len(self._paths) >= _PATH_CACHE:
-                self._paths.clear()
-            self._paths[key] = naming
+            naming = self._paths.put(key, self._naming(source_id, protocol, ctx, tag, r.attributes.get("signal_type")))
         path, signal_type, tag_name = naming
         source_time = r.source_time if r.source_time is not None else r.received_time
         if not _MIN_TIME <= source_time <= _MAX_TIME:
@@ -287,7 +279,7 @@ class Reading(NamedTuple):
 _MIN_TIME = -62_135_596_800_000_000  # 0001-01-01, microseconds
 _MAX_TIME = 253_402_300_799_999_999  # 9999-12-31
 _PATH_CACHE = 200_000  # distinct tags remembered per normalizer before the cache starts over
-_QUALITY_CACHE = 10_000  # distinct (protocol, quality text, code)
+_QUALITY_CACHE = 10_000  # distinct (protocol, quality text, code), and sources
 
 
 def columns(batch: Mapping[str, Any]) -> list[Reading]:

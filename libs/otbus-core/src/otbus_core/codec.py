@@ -26,7 +26,16 @@ from otbus_core.exceptions import DecodeError, TransientError
 from otbus_core.memo import BoundedDict
 from otbus_core.schemas import AvroSchema, SchemaCatalog, catalog, strip_logical_types
 
-__all__ = ["AVRO_CONTENT_TYPE", "AvroCodec", "ColumnEncoder", "SplitEncoder"]
+__all__ = [
+    "AVRO_CONTENT_TYPE",
+    "AvroCodec",
+    "ColumnEncoder",
+    "SplitEncoder",
+    "avro_long",
+    "avro_string",
+    "union_branches",
+    "wide_longs",
+]
 
 AVRO_CONTENT_TYPE = "application/avro"
 _SINGLE_OBJECT_MAGIC = b"\xc3\x01"
@@ -222,11 +231,7 @@ class SplitEncoder:
             elif isinstance(t, list) and t and all(isinstance(b, str) and b in _TAKES for b in t):
                 # value class -> (branch index, writer of the value or None for null): the first
                 # branch that takes the class, as fastavro picks it
-                branches = {}
-                for cls in (type(None), bool, int, float, str):
-                    k = next((k for k, b in enumerate(t) if cls in _TAKES[b]), None)
-                    if k is not None:
-                        branches[cls] = (_SMALL[k], _PLAIN_WRITERS.get(t[k]))
+                branches = {cls: (index, _PLAIN_WRITERS.get(b)) for cls, (index, b) in union_branches(t).items()}
                 self._runs.append(("union", f["name"], sub, branches))
             else:
                 self._runs.append(("fastavro", f["name"], sub, None))
@@ -476,6 +481,34 @@ def _count(n: int) -> bytes:
 def _avro_string(s: str) -> bytes:
     data = s.encode()
     return _count(len(data)) + data
+
+
+def avro_string(s: str) -> bytes:
+    """Avro's encoding of a string: its UTF-8 length as a varint, then the bytes."""
+    return _avro_string(s)
+
+
+def avro_long(n: int) -> bytes:
+    """Avro's encoding of a long (a zigzag varint); OverflowError outside 64 bits."""
+    return _long(n)
+
+
+def wide_longs(values: Sequence[int]) -> bytes | None:
+    """The Avro encodings of `values`, one after another, when every one is 8 bytes long
+    (longs in [2**48, 2**55): microsecond timestamps from 1978 to 3111); else None."""
+    return _wide_varints(values) if values else b""
+
+
+def union_branches(branches: Sequence[str]) -> dict[type, tuple[bytes, str]]:
+    """For a union of null, boolean, long, double and string: the Python classes it takes,
+    each with the encoded index of the branch fastavro writes it in, and that branch's type
+    (the first branch that takes the class: an int goes in a double when there is no long)."""
+    out = {}
+    for cls in (type(None), bool, int, float, str):
+        k = next((k for k, b in enumerate(branches) if cls in _TAKES[b]), None)
+        if k is not None:
+            out[cls] = (_SMALL[k], branches[k])
+    return out
 
 
 _MISSING = object()

@@ -15,7 +15,16 @@ import os
 import threading
 import time
 
-__all__ = ["derive_uuid7", "format_uuid", "uuid7", "uuid7_batch", "uuid7_block", "uuid7_millis", "uuid7_seq"]
+__all__ = [
+    "derive_uuid7",
+    "format_uuid",
+    "uuid7",
+    "uuid7_batch",
+    "uuid7_block",
+    "uuid7_millis",
+    "uuid7_seq",
+    "uuid7_seq_derived",
+]
 
 _VER_VAR = (0x7 << 76) | (0x2 << 62)
 _RAND_A_SHIFT = 64
@@ -27,8 +36,7 @@ _counter = 0
 
 
 def _pack(ms: int, counter: int) -> int:
-    # counter's top 12 bits go to rand_a, its low 62 bits to rand_b
-    return (ms << 80) | _VER_VAR | ((counter >> 62) << _RAND_A_SHIFT) | (counter & 0x3FFF_FFFF_FFFF_FFFF)
+    return (ms << 80) | _VER_VAR | _spread(counter)
 
 
 def format_uuid(n: int) -> str:
@@ -73,15 +81,48 @@ def uuid7_block(count: int) -> str:
 
 def uuid7_seq(first: str, count: int) -> list[str]:
     """The `count` ids of a block starting at `first` (same millisecond, counter + i)."""
+    base, counter, head, low = _block(first, count)
+    if head is not None:  # only the last 12 hex digits change: formatted in one C loop
+        return [*map((head + "%012x").__mod__, range(low, low + count))]
+    return [format_uuid(base | _spread(k)) for k in range(counter, counter + count)]
+
+
+def uuid7_seq_derived(first: str, count: int, salt: str) -> tuple[list[bytes], list[bytes]]:
+    """`uuid7_seq(first, count)` and `derive_uuid7` of each of those ids with `salt`, as ASCII."""
+    _, _, head, low = _block(first, count)
+    if head is None:  # the block carries past the low 48 bits: one id at a time
+        ids = uuid7_seq(first, count)
+        return [i.encode() for i in ids], [derive_uuid7(i, salt).encode() for i in ids]
+    fmt = (head.encode() + b"%012x").__mod__
+    mask = _mask(salt)
+    block = range(low, low + count)
+    return [*map(fmt, block)], [*map(fmt, [k ^ mask for k in block])]
+
+
+def _block(first: str, count: int) -> tuple[int, int, str | None, int]:
+    """(the block's millisecond with version and variant bits, its first counter, the first
+    24 characters its ids share or None when they do not share them, the first id's low 48 bits)."""
     n = int(first.replace("-", ""), 16)
-    counter = (((n >> _RAND_A_SHIFT) & 0xFFF) << 62) | (n & 0x3FFF_FFFF_FFFF_FFFF)
+    counter = _counter_of(n)
     if counter + count - 1 > _COUNTER_MAX:
         raise ValueError(f"a block of {count} ids from {first} overflows the UUIDv7 counter")
     base = (n >> 80 << 80) | _VER_VAR
-    return [
-        format_uuid(base | ((k >> 62) << _RAND_A_SHIFT) | (k & 0x3FFF_FFFF_FFFF_FFFF))
-        for k in range(counter, counter + count)
-    ]
+    low = counter & _LOW48  # the low 48 bits of rand_b are the counter's
+    if low + count > _LOW48 + 1:  # carries into the 4th group
+        return base, counter, None, low
+    return base, counter, format_uuid(base | _spread(counter))[:24], low
+
+
+def _counter_of(n: int) -> int:
+    return (((n >> _RAND_A_SHIFT) & 0xFFF) << 62) | (n & 0x3FFF_FFFF_FFFF_FFFF)
+
+
+def _spread(counter: int) -> int:
+    """A counter's bits in their places: the top 12 in rand_a, the low 62 in rand_b."""
+    return ((counter >> 62) << _RAND_A_SHIFT) | (counter & 0x3FFF_FFFF_FFFF_FFFF)
+
+
+_LOW48 = (1 << 48) - 1
 
 
 def uuid7_millis(u: str) -> int:

@@ -14,7 +14,8 @@ from otbus_core.exceptions import DecodeError, InvalidTenant, PoisonRecord
 from otbus_core.records import Outcome, OutRecord
 from otbus_core.schemas import RAW_READING_BATCH, TAG_RECORD
 from otbus_core.topics import tags_topic
-from otbus_normalizer.mapping import TagMapper, columns
+from otbus_normalizer.fastpath import FastTags
+from otbus_normalizer.mapping import TagMapper, raw_columns
 
 __all__ = ["STAGE", "NormalizerHandler"]
 
@@ -30,7 +31,9 @@ class NormalizerHandler:
         # a tag's path parts and its source are the same in every reading of it: encoded once;
         # data types and qualities are a handful, and a batch's readings share an ingest time
         repeating = ("data_type", "quality", "ingest_time")
-        self._encoder = SplitEncoder(codec.schemas.latest(TAG_RECORD), [_TAG_PARTS, _TAG_SOURCE], repeating)
+        schema = codec.schemas.latest(TAG_RECORD)
+        self._encoder = SplitEncoder(schema, [_TAG_PARTS, _TAG_SOURCE], repeating)
+        self._fast = FastTags(mapper, schema)
 
     def handle(self, messages: list[Message]) -> Outcome:
         out = Outcome()
@@ -63,11 +66,15 @@ class NormalizerHandler:
             ("ce_correlationid", correlation),
         ]
         try:
-            readings = columns(batch)
+            cols = raw_columns(batch)
         except PoisonRecord as e:
             out.dead.append(dead_letter_from_message(msg, stage=STAGE, reason=e.reason, error_type="PoisonRecord"))
             return
-        for i, reading in enumerate(readings):
+        outputs = out.outputs
+
+        def slow(i: int) -> None:
+            """Reading i the general way (to_tag, SplitEncoder): what the fast path leaves."""
+            reading = cols.reading(i)
             try:
                 rec = self.mapper.to_tag(tenant, source_id, protocol, ctx, reading)
             except PoisonRecord as e:
@@ -82,7 +89,7 @@ class NormalizerHandler:
                     source_id=source_id,
                 )
                 out.dead.append(replace(dead, original_value=reading.as_json()))
-                continue
+                return
             path = rec["path"]
             headers = [
                 *same,
@@ -91,4 +98,6 @@ class NormalizerHandler:
                 ("ce_subject", path),
                 ("ce_causationid", rec["raw_event_id"]),
             ]
-            out.outputs.append(OutRecord(topic, prefix + encode(rec), path, headers))
+            outputs.append(OutRecord(topic, prefix + encode(rec), path, headers))
+
+        self._fast.write(tenant, source_id, protocol, ctx, cols, topic, prefix, same, outputs, slow)

@@ -12,18 +12,21 @@ from types import MappingProxyType
 from typing import Any, NamedTuple
 
 from otbus_core.exceptions import ConfigError, PoisonRecord
-from otbus_core.ids import derive_uuid7, uuid7_seq
+from otbus_core.ids import derive_uuid7, uuid7_seq_derived
 from otbus_core.memo import BoundedDict
 from otbus_core.raw import NONE, unpack_values
 from otbus_normalizer.quality import BAD, map_quality
 
 __all__ = [
     "CONTEXT_KEYS",
+    "TAG_SALT",
     "PathTemplate",
+    "RawColumns",
     "Reading",
     "TagMapper",
     "coerce_value",
     "columns",
+    "raw_columns",
     "signal_type_of",
     "split_tag",
 ]
@@ -190,7 +193,7 @@ class TagMapper:
                     ctx[k] = _safe(v)
         return ctx
 
-    def _naming(
+    def naming(
         self, source_id: str, protocol: str, ctx: Mapping[str, str], tag: str, declared: str | None
     ) -> tuple[str, str, str]:
         """(path, signal_type, tag_name) of a tag: the same for every reading of it, so cached.
@@ -223,13 +226,13 @@ class TagMapper:
         key = (source_id, protocol, tag, r.attributes.get("signal_type"), *ctx.values())
         naming = self._paths.get(key)
         if naming is None:
-            naming = self._paths.put(key, self._naming(source_id, protocol, ctx, tag, r.attributes.get("signal_type")))
+            naming = self._paths.put(key, self.naming(source_id, protocol, ctx, tag, r.attributes.get("signal_type")))
         path, signal_type, tag_name = naming
         source_time = r.source_time if r.source_time is not None else r.received_time
         if not _MIN_TIME <= source_time <= _MAX_TIME:
             raise PoisonRecord(f"source time {source_time} µs is outside years 1-9999")
         return {
-            "event_id": derive_uuid7(r.id, "tag"),
+            "event_id": derive_uuid7(r.id, TAG_SALT),
             "tenant": tenant,
             "path": path,
             "site": ctx["site"],
@@ -282,8 +285,43 @@ _PATH_CACHE = 200_000  # distinct tags remembered per normalizer before the cach
 _QUALITY_CACHE = 10_000  # distinct (protocol, quality text, code), and sources
 
 
-def columns(batch: Mapping[str, Any]) -> list[Reading]:
-    """The readings of a raw batch; a batch whose columns disagree in length is poison."""
+class RawColumns(NamedTuple):
+    """The columns of a raw batch, checked; `codes` and `times` still hold `NONE` for absent."""
+
+    tags: list[str]
+    values: list[Any]
+    data_types: list[str]
+    qualities: list[str]
+    codes: list[int]
+    times: list[int]
+    received: int
+    units: list[str]
+    attributes: list[Mapping[str, str]]
+    ids: list[bytes]  # the readings' ids (ASCII)
+    tag_ids: list[bytes]  # the ids of their tag records: derive_uuid7(id, TAG_SALT)
+
+    def reading(self, i: int) -> Reading:
+        code, t = self.codes[i], self.times[i]
+        return Reading(
+            self.ids[i].decode(),
+            self.tags[i],
+            self.values[i],
+            self.data_types[i],
+            self.qualities[i],
+            None if code == NONE else code,
+            None if t == NONE else t,
+            self.received,
+            self.units[i] if self.units else "",
+            self.attributes[i] if self.attributes else _NO_ATTRS,
+        )
+
+
+TAG_SALT = "tag"
+"""What a reading's id is derived with to make its tag record's event id."""
+
+
+def raw_columns(batch: Mapping[str, Any]) -> RawColumns:
+    """The columns of a raw batch; a batch whose columns disagree in length is poison."""
     tags = batch["tags"]
     n = len(tags)
     cols = [unpack_values(batch), *(batch[k] for k in ("data_types", "qualities", "quality_codes", "source_times"))]
@@ -291,23 +329,16 @@ def columns(batch: Mapping[str, Any]) -> list[Reading]:
     if any(len(c) != n for c in cols) or len(units) not in (0, n) or len(attrs) not in (0, n):
         raise PoisonRecord(f"raw batch columns have different lengths (tags: {n})")
     try:
-        ids = uuid7_seq(batch["first_id"], n) if n else []
+        ids, tag_ids = uuid7_seq_derived(batch["first_id"], n, TAG_SALT) if n else ([], [])
     except ValueError as e:
         raise PoisonRecord(f"first_id {batch['first_id']!r:.60} is not a usable UUIDv7: {e}") from None
-    received = batch["received_time"]
     values, data_types, qualities, codes, times = cols
-    return [
-        Reading(
-            ids[i],
-            tags[i],
-            values[i],
-            data_types[i],
-            qualities[i],
-            None if codes[i] == NONE else codes[i],
-            None if times[i] == NONE else times[i],
-            received,
-            units[i] if units else "",
-            attrs[i] if attrs else _NO_ATTRS,
-        )
-        for i in range(n)
-    ]
+    return RawColumns(
+        tags, values, data_types, qualities, codes, times, batch["received_time"], units, attrs, ids, tag_ids
+    )
+
+
+def columns(batch: Mapping[str, Any]) -> list[Reading]:
+    """The readings of a raw batch; a batch whose columns disagree in length is poison."""
+    cols = raw_columns(batch)
+    return [cols.reading(i) for i in range(len(cols.tags))]

@@ -33,6 +33,7 @@ __all__ = [
     "SplitEncoder",
     "avro_long",
     "avro_string",
+    "single_object_prefix",
     "union_branches",
     "wide_longs",
 ]
@@ -83,7 +84,7 @@ class AvroCodec:
             return cached
         schema = self.schemas.latest(key)
         if self._registry is None:
-            made = (_SINGLE_OBJECT_MAGIC + schema.fingerprint, schema.uri)
+            made = (single_object_prefix(schema), schema.uri)
         else:
             schema_id = self._registered_id(schema, f"{topic}-value")
             made = (struct.pack(">bI", _CONFLUENT_MAGIC, schema_id), f"{self.registry_url}/schemas/ids/{schema_id}")
@@ -481,6 +482,11 @@ def _count(n: int) -> bytes:
 def _avro_string(s: str) -> bytes:
     data = s.encode()
     return _count(len(data)) + data
+
+
+def single_object_prefix(schema: AvroSchema) -> bytes:
+    """The value prefix of records of `schema` written without a registry (single-object encoding)."""
+    return _SINGLE_OBJECT_MAGIC + schema.fingerprint
 
 
 def avro_string(s: str) -> bytes:

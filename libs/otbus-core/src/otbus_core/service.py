@@ -39,6 +39,8 @@ def configure(prog: str, settings_cls: type[S], build: Callable[[S], T]) -> tupl
     except ConfigError as e:
         print(f"{prog}: {e}", file=sys.stderr)  # noqa: T201
         raise SystemExit(2) from None
+    if settings.gc_thresholds is not None:
+        gc.set_threshold(*settings.gc_thresholds)
     if settings.gc_freeze:  # what start-up made lives as long as the process: out of the collector's walks
         gc.collect()
         gc.freeze()

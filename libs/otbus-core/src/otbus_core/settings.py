@@ -34,6 +34,11 @@ class OtbusSettings(BaseSettings):
     thread paused). Good for latency-bound services with little live data; services that hold
     large batches collect more often with it (the 25% rule then counts only their own objects),
     and an object made at start-up that is later dropped in a reference cycle is never freed."""
+    gc_thresholds: tuple[int, int, int] | None = None
+    """The garbage collector's thresholds (gc.set_threshold, JSON `[young, middle, old]`); None
+    keeps Python's (700, 10, 10). Services that hold tens of thousands of records per batch
+    collect far less often with a large first figure (the objects are freed by reference
+    counting anyway; the collector only looks for cycles)."""
 
     kafka_bootstrap: str = "127.0.0.1:19092"
     kafka_config: dict[str, str] = {}
@@ -46,6 +51,13 @@ class OtbusSettings(BaseSettings):
     """How often pattern subscriptions look for new tenant topics."""
     tenants: str = TENANT_PATTERN
     """Regex of the tenants a consuming service serves (all by default); lets tenants be sharded."""
+
+    @field_validator("gc_thresholds")
+    @classmethod
+    def _non_negative(cls, v: tuple[int, int, int] | None) -> tuple[int, int, int] | None:
+        if v is not None and min(v) < 0:
+            raise ValueError("thresholds are counts: 0 or more (0 first turns the collector off)")
+        return v
 
     @field_validator("tenants")
     @classmethod

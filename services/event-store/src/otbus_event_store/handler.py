@@ -5,19 +5,22 @@ from __future__ import annotations
 import functools
 import json
 import re
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, NamedTuple, cast
 
 import msgspec
 from confluent_kafka import Message
 
-from otbus_core.codec import AVRO_CONTENT_TYPE, AvroCodec
+from otbus_core.codec import AVRO_CONTENT_TYPE, AvroCodec, single_object_prefix
 from otbus_core.dlq import dead_letter_from_message
 from otbus_core.envelope import SPECVERSION, is_utf8
 from otbus_core.exceptions import DecodeError, InvalidTenant
 from otbus_core.kafka import position
 from otbus_core.records import Outcome
+from otbus_core.schemas import TAG_RECORD
 from otbus_core.topics import tenant_of_topic
+from otbus_event_store.tagjson import TagJson
 from otbus_event_store.writer import NULL, EventWriter, escape
 
 __all__ = ["STAGE", "StoreHandler", "to_copy_line"]
@@ -44,7 +47,11 @@ _SPEC = SPECVERSION.encode()
 _AVRO = AVRO_CONTENT_TYPE.encode()
 
 
-def _payload(content_type: bytes, value: bytes | None, codec: AvroCodec) -> bytes:
+def _payload(content_type: bytes, value: bytes | None, codec: AvroCodec, tags: TagJson | None) -> bytes:
+    if tags is not None and content_type == _AVRO and value:
+        made = tags.json(value)
+        if made is not None:
+            return made
     if b"json" in content_type:
         try:
             return json.dumps(json.loads(value or b"null")).encode()
@@ -64,7 +71,7 @@ def _topic(topic: str) -> _Topic:
     return _Topic(tenant_of_topic(topic).encode(), escape(topic.encode()))
 
 
-def to_copy_line(msg: Message, codec: AvroCodec) -> bytes:
+def to_copy_line(msg: Message, codec: AvroCodec, tags: TagJson | None = None) -> bytes:
     """The event's row as a line of COPY text, made from the header bytes as they came.
 
     Refused here (DecodeError): a message without the CloudEvents attributes the row needs,
@@ -72,6 +79,7 @@ def to_copy_line(msg: Message, codec: AvroCodec) -> bytes:
     UTF-8, an RFC 3339 time without a zone (PostgreSQL would read it in its session zone), a
     value that is not what its content type says. `ce_id` and `ce_time` themselves are
     checked by PostgreSQL (uuid, timestamptz): a row it refuses is found by the writer.
+    `tags` reads tag records' JSON straight from their bytes (see `tagjson`).
     """
     name, partition, offset = position(msg)
     topic = _topic(name)
@@ -100,7 +108,7 @@ def to_copy_line(msg: Message, codec: AvroCodec) -> bytes:
     except UnicodeDecodeError:
         bad = next(i for i, c in enumerate(cols) if c is not None and not is_utf8(c))
         raise DecodeError(f"header {_HEADERS[bad]} is not UTF-8") from None
-    payload = _payload(content_type, msg.value(), codec)
+    payload = _payload(content_type, msg.value(), codec, tags)
     if b"\\" in payload:  # JSON text has no tab or line break: only backslashes to escape
         payload = payload.replace(b"\\", b"\\\\")
     return b"%b\t%b\t%b\t%d\t%d\n" % (head, payload, topic.field, partition, offset)
@@ -112,39 +120,49 @@ def _text(b: bytes | None) -> str:
 
 class StoreHandler:
     """Messages to rows, written in chunks: while PostgreSQL takes in one chunk (COPY, on the
-    writer's thread), the next is made here, so Python and the database work side by side.
+    writer's thread), the next ones are made here, so Python and the database work side by
+    side. Two chunks may wait for the writer, so a chunk that takes Python longer to make
+    than the one before does not leave PostgreSQL idle.
     Every chunk is committed before `handle` returns, so offsets are still committed only
     after everything is durable; a crash in between redelivers rows the store already has."""
 
-    def __init__(self, codec: AvroCodec, writer: EventWriter, chunk: int = 1000) -> None:
+    def __init__(self, codec: AvroCodec, writer: EventWriter, chunk: int = 1000, in_flight: int = 2) -> None:
         self.codec = codec
         self.writer = writer
         self.chunk = chunk
+        self.in_flight = in_flight  # chunks handed to the writer and not yet settled, at most
         self.skipped = 0
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="event-store-copy")
+        schema = codec.schemas.latest(TAG_RECORD)
+        self._tags = TagJson(schema, single_object_prefix(schema))
 
     def handle(self, messages: list[Message]) -> Outcome:
         out = Outcome()
-        pending: tuple[Future[list[tuple[int, str]]], list[Message]] | None = None
+        pending: deque[tuple[Future[list[tuple[int, str]]], list[Message]]] = deque()
         refused: list[Message] = []
         reasons: list[str] = []
 
-        def settle(p: tuple[Future[list[tuple[int, str]]], list[Message]]) -> None:
-            for i, why in p[0].result():
-                refused.append(p[1][i])
+        def settle() -> None:
+            done, origin = pending.popleft()
+            for i, why in done.result():
+                refused.append(origin[i])
                 reasons.append(why)
 
         try:
-            for start in range(0, len(messages), self.chunk):
-                lines, origin = self._lines(messages[start : start + self.chunk], out)
-                if pending is not None:
-                    settle(pending)
-                    pending = None
+            # the first chunk is a quarter of the others: PostgreSQL waits only for that one
+            first = max(1, self.chunk // 4)
+            starts = [0, *range(first, len(messages), self.chunk)]
+            for start, end in zip(starts, [*starts[1:], len(messages)], strict=True):
+                lines, origin = self._lines(messages[start:end], out)
                 if lines:
-                    pending = (self._pool.submit(self.writer.write, lines), origin)
+                    pending.append((self._pool.submit(self.writer.write, lines), origin))
+                while len(pending) > self.in_flight:
+                    settle()
+            while pending:
+                settle()
         finally:
-            if pending is not None:
-                settle(pending)  # never leave a write running behind a failure
+            for done, _ in pending:  # after a failure: never leave writes running behind it
+                done.exception()
         for msg, reason in zip(refused, reasons, strict=True):
             out.dead.append(dead_letter_from_message(msg, stage=STAGE, reason=reason, error_type="DatabaseRefused"))
         return out
@@ -158,7 +176,7 @@ class StoreHandler:
                 if _is_not_events(position(msg)[0]):
                     self.skipped += 1  # a broad extra-topics pattern matched a raw or DLQ topic
                     continue
-                lines.append(to_copy_line(msg, codec))
+                lines.append(to_copy_line(msg, codec, self._tags))
             except (DecodeError, InvalidTenant) as e:
                 out.dead.append(dead_letter_from_message(msg, stage=STAGE, reason=str(e), error_type=type(e).__name__))
                 continue

@@ -105,7 +105,8 @@ class EventWriter:
             try:
                 self._conn = psycopg.connect(
                     self.conninfo,
-                    autocommit=False,
+                    # a COPY on its own is one transaction: no BEGIN and COMMIT round trips
+                    autocommit=True,
                     application_name="otbus-event-store",
                     connect_timeout=10,
                     client_encoding="UTF8",  # the lines are UTF-8 bytes, sent as they are
@@ -130,7 +131,7 @@ class EventWriter:
         data = b"".join(lines)
         try:
             try:
-                with conn.transaction(), conn.cursor() as cur, cur.copy(_COPY) as cp:
+                with conn.cursor() as cur, cur.copy(_COPY) as cp:
                     cp.write(data)
                 return []
             except errors.UniqueViolation:

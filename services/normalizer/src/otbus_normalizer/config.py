@@ -23,6 +23,9 @@ class NormalizerSettings(OtbusSettings):
     """Raw records per transaction; each holds up to 1000 readings, so this bounds memory too."""
     batch_timeout_ms: int = Field(100, ge=1)
     """How long to wait for the first record of a batch (a batch never waits for more)."""
+    gc_thresholds: tuple[int, int, int] | None = (100_000, 50, 100)
+    """A transaction makes up to 20,000 tag records that live until it is produced: with Python's
+    (700, 10, 10) the collector walked them again and again (about 30k against 34.5k events/s, bench/)."""
     path_template: str = "{site}/{area}/{line}/{equipment}/{signal_type}/{tag_name}"
     default_context: dict[str, str] = {
         "site": "site",

@@ -8,7 +8,7 @@ import pytest
 
 from otbus_core.envelope import Envelope, micros_to_rfc3339
 from otbus_core.exceptions import DecodeError, InvalidTenant
-from otbus_core.ids import derive_uuid7, uuid7, uuid7_batch, uuid7_millis
+from otbus_core.ids import derive_uuid7, format_uuid, uuid7, uuid7_batch, uuid7_millis, uuid7_seq, uuid7_seq_derived
 from otbus_core.topics import (
     dlq_topic,
     raw_topic,
@@ -66,6 +66,32 @@ def test_derived_ids_are_deterministic_and_keep_the_millisecond() -> None:
     assert a == b and UUID7.match(a)
     assert derive_uuid7(parent, "other") != a
     assert uuid7_millis(a) == uuid7_millis(parent)
+
+
+def _one_by_one(first: str, count: int) -> list[str]:
+    """A block's ids as they were first made: each id formatted on its own."""
+    n = int(first.replace("-", ""), 16)
+    counter = (((n >> 64) & 0xFFF) << 62) | (n & 0x3FFF_FFFF_FFFF_FFFF)
+    base = (n >> 80 << 80) | (0x7 << 76) | (0x2 << 62)
+    return [
+        format_uuid(base | ((k >> 62) << 64) | (k & 0x3FFF_FFFF_FFFF_FFFF)) for k in range(counter, counter + count)
+    ]
+
+
+@pytest.mark.parametrize("low", [0, 5, 2**48 - 3, 2**48 - 1])  # the last two carry past the low 48 bits
+def test_a_block_of_ids_is_formatted_at_once_as_one_by_one(low: int) -> None:
+    first = format_uuid(int(uuid7().replace("-", ""), 16) >> 48 << 48 | low)
+    assert uuid7_seq(first, 7) == _one_by_one(first, 7)
+    ids, derived = uuid7_seq_derived(first, 7, "tag")
+    assert ids == [i.encode() for i in _one_by_one(first, 7)]
+    assert derived == [derive_uuid7(i, "tag").encode() for i in _one_by_one(first, 7)]
+
+
+def test_a_first_id_of_more_than_128_bits_is_refused() -> None:
+    with pytest.raises(ValueError, match="128 bits"):
+        uuid7_seq("1" + "0" * 20 + "f" * 12, 2)
+    with pytest.raises(ValueError, match="128 bits"):
+        uuid7_seq_derived("1" + "0" * 32, 2, "tag")
 
 
 def test_envelope_headers_roundtrip() -> None:

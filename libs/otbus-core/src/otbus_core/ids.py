@@ -103,6 +103,8 @@ def _block(first: str, count: int) -> tuple[int, int, str | None, int]:
     """(the block's millisecond with version and variant bits, its first counter, the first
     24 characters its ids share or None when they do not share them, the first id's low 48 bits)."""
     n = int(first.replace("-", ""), 16)
+    if n >> 128:
+        raise ValueError(f"{first!r:.60} has more than 128 bits")
     counter = _counter_of(n)
     if counter + count - 1 > _COUNTER_MAX:
         raise ValueError(f"a block of {count} ids from {first} overflows the UUIDv7 counter")

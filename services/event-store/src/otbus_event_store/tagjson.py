@@ -54,6 +54,7 @@ _SOURCE = [name for name, _ in _LAYOUT[16:19]]
 _encode = msgspec.json.Encoder().encode
 _unpack_double = struct.Struct("<d").unpack_from
 _UUID_CHARS = b"0123456789abcdefABCDEF-"  # UUID text: JSON as it is
+_LONGEST_CACHED = 512  # bytes of a run
 
 
 class TagJson:
@@ -66,7 +67,9 @@ class TagJson:
             raise ValueError(f"{schema.full_name} is not the layout the event store reads itself: {layout}")
         self.prefix = prefix
         self._start = len(prefix)
-        self._runs: BoundedDict[bytes, bytes] = BoundedDict(max_cached)  # run bytes -> ,"k":"v"...
+        # run bytes -> ,"k":"v"...: a tag's path parts, and its source
+        self._parts: BoundedDict[bytes, bytes] = BoundedDict(max_cached)
+        self._sources: BoundedDict[bytes, bytes] = BoundedDict(max_cached)
         self._middles: BoundedDict[bytes, bytes] = BoundedDict(10_000)  # data type .. quality code
         self._longs: BoundedDict[bytes, bytes] = BoundedDict(10_000)  # 8-byte varint -> its text
 
@@ -89,7 +92,7 @@ class TagJson:
             b = data[p]
             p = p + 1 + (b >> 1) if b < 0x80 and not b & 1 else _string(data, p)[1]
         raw = data[start:p]
-        parts = self._runs.get(raw) or self._run(raw, _PARTS)
+        parts = self._parts.get(raw) or self._run(raw, _PARTS, self._parts)
         branch = data[p]
         if branch == 6:
             value = _encode(_unpack_double(data, p + 1)[0])
@@ -152,7 +155,7 @@ class TagJson:
             b = data[p]
             p = p + 1 + (b >> 1) if b < 0x80 and not b & 1 else _string(data, p)[1]
         raw = data[start:p]
-        source = self._runs.get(raw) or self._run(raw, _SOURCE)
+        source = self._sources.get(raw) or self._run(raw, _SOURCE, self._sources)
         raw_id = data[p + 1 : p + 37]
         if data[p] != 72 or p + 37 != len(data) or raw_id.translate(None, _UUID_CHARS):
             return None  # not UUID text, or trailing bytes
@@ -185,15 +188,17 @@ class TagJson:
             self._longs.put(key, text)
         return text, end
 
-    def _run(self, raw: bytes, names: list[str]) -> bytes:
-        """`,"name":"value"` for each string of a run of Avro strings, remembered by its bytes."""
+    def _run(self, raw: bytes, names: list[str], cache: BoundedDict[bytes, bytes]) -> bytes:
+        """`,"name":"value"` for each string of a run of Avro strings, remembered by its bytes
+        when it is not long (so a cache full of long paths stays a few hundred MB at most)."""
         p, pieces = 0, list[bytes]()
         for name in names:
             start, p = _string(raw, p)
             pieces += (b',"', name.encode(), b'":', _encode(raw[start:p].decode()))
         if p != len(raw):
             raise IndexError("a run longer than its strings")
-        return self._runs.put(raw, b"".join(pieces))
+        made = b"".join(pieces)
+        return cache.put(raw, made) if len(raw) <= _LONGEST_CACHED else made
 
     def _middle(self, raw: bytes) -> bytes:
         """`,"data_type":..,"unit":..,"quality":..,"quality_code":..` from their bytes,

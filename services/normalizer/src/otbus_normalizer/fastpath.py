@@ -109,6 +109,8 @@ class FastTags:
         specs = self._specs
         qualities = self._qualities.get(protocol)
         if qualities is None:
+            if len(self._qualities) >= _QUALITIES:
+                self._qualities.clear()
             qualities = self._qualities[protocol] = {}
         units = self._units
         tags, values, data_types, quals, codes, times = (
@@ -183,6 +185,8 @@ class FastTags:
         key = (tenant, source_id, protocol, *ctx.values())
         table = self._tables.get(key)
         if table is None:
+            if len(self._tables) >= _TABLES:  # sources and contexts are the adapters' to name
+                self._forget()
             table = self._tables[key] = {}
         return table
 
@@ -192,9 +196,8 @@ class FastTags:
         if not tag or not tag.strip():
             return None  # poison: the general path says so
         if self._cached >= _PATH_CACHE:  # bounded over all tables: start over
-            for other in self._tables.values():
-                other.clear()
-            self._cached = 0
+            table.clear()  # may be in use by the batch at hand, which goes on with it
+            self._forget()
         path, signal_type, tag_name = self._mapper.naming(source_id, protocol, ctx, tag, None)
         strings = (tenant, path, ctx["site"], ctx["area"], ctx["line"], ctx["equipment"], signal_type, tag_name)
         parts = b"".join(map(avro_string, strings))
@@ -203,6 +206,10 @@ class FastTags:
         pieces: _Tag = (path, parts, source, ("ce_subject", path))
         table[tag] = pieces
         return pieces
+
+    def _forget(self) -> None:
+        self._tables.clear()
+        self._cached = 0
 
     def _spec(self, declared: str, cls: type) -> tuple[Callable[[Any], bytes | None], bytes] | None:
         """How a value of class `cls` declared `declared` is written, when it is written as it
@@ -275,3 +282,4 @@ class FastTags:
 
 _UNKNOWN: Any = object()
 _QUALITIES = 10_000
+_TABLES = 10_000  # (tenant, source, protocol, context) tables

@@ -106,3 +106,43 @@ def test_old_and_future_events_land_in_the_default_partition(infra: Infra, tenan
         rows = c.execute("SELECT tableoid::regclass::text FROM otbus_events WHERE tenant = %s", (tenant,)).fetchall()
     assert {r[0] for r in rows} == {"otbus_events_default"}
     w.close()
+
+
+def test_a_batch_of_chunks_is_one_transaction(infra: Infra, tenant: str) -> None:
+    migrate(infra.database_url)
+    w = EventWriter(infra.database_url)
+    batch = w.batch()
+    batch.add([_event(tenant, i) for i in range(50)])
+    batch.add([_event(tenant, i) for i in range(50, 120)])
+    assert _count(infra, tenant) == 0  # nothing visible before the commit
+    assert batch.commit() == []
+    assert _count(infra, tenant) == 120
+    aborted = w.batch()
+    aborted.add([_event(tenant, i) for i in range(200, 230)])
+    aborted.abort()
+    assert _count(infra, tenant) == 120
+    assert w.write([_event(tenant, 300)]) == []  # the connection is usable after an abort
+    assert _count(infra, tenant) == 121
+    w.close()
+
+
+def test_a_batch_with_a_stored_event_or_a_refused_row_is_written_the_careful_way(infra: Infra, tenant: str) -> None:
+    migrate(infra.database_url)
+    w = EventWriter(infra.database_url)
+    stored = _event(tenant, 0)
+    assert w.write([stored]) == []
+    batch = w.batch()
+    first = [_event(tenant, i) for i in range(1, 40)]
+    batch.add(first)
+    batch.add([_event(tenant, 40), stored, _event(tenant, 41)])  # a redelivered event: the chunk fails
+    batch.add([_event(tenant, i) for i in range(42, 60)])
+    assert batch.commit() == []
+    assert _count(infra, tenant) == 60  # every event once, the redelivered one too
+    bad = _event(tenant, 61, payload={"s": "nul \u0000 inside"})
+    batch = w.batch()
+    batch.add([_event(tenant, i) for i in range(62, 70)])
+    batch.add([_event(tenant, 70), bad])
+    refused = batch.commit()
+    assert [i for i, _ in refused] == [9]  # its place among all the batch's lines
+    assert _count(infra, tenant) == 69
+    w.close()

@@ -122,9 +122,9 @@ class StoreHandler:
     """Messages to rows, written in chunks: while PostgreSQL takes in one chunk (COPY, on the
     writer's thread), the next ones are made here, so Python and the database work side by
     side. Two chunks may wait for the writer, so a chunk that takes Python longer to make
-    than the one before does not leave PostgreSQL idle. The chunks go into one transaction,
-    committed before `handle` returns, so offsets are still committed only after everything
-    is durable; a crash in between redelivers rows the store already has."""
+    than the one before does not leave PostgreSQL idle.
+    Every chunk is committed before `handle` returns, so offsets are still committed only
+    after everything is durable; a crash in between redelivers rows the store already has."""
 
     def __init__(self, codec: AvroCodec, writer: EventWriter, chunk: int = 1000, in_flight: int = 2) -> None:
         self.codec = codec
@@ -138,32 +138,32 @@ class StoreHandler:
 
     def handle(self, messages: list[Message]) -> Outcome:
         out = Outcome()
-        batch = self.writer.batch()
-        pending: deque[Future[None]] = deque()
-        origin: list[Message] = []  # the message of each line handed to the writer
-        committed = False
+        pending: deque[tuple[Future[list[tuple[int, str]]], list[Message]]] = deque()
+        refused: list[Message] = []
+        reasons: list[str] = []
+
+        def settle() -> None:
+            done, origin = pending.popleft()
+            for i, why in done.result():
+                refused.append(origin[i])
+                reasons.append(why)
+
         try:
             # the first chunk is a quarter of the others: PostgreSQL waits only for that one
             first = max(1, self.chunk // 4)
             starts = [0, *range(first, len(messages), self.chunk)]
             for start, end in zip(starts, [*starts[1:], len(messages)], strict=True):
-                lines, of = self._lines(messages[start:end], out)
-                origin += of
+                lines, origin = self._lines(messages[start:end], out)
                 if lines:
-                    pending.append(self._pool.submit(batch.add, lines))
+                    pending.append((self._pool.submit(self.writer.write, lines), origin))
                 while len(pending) > self.in_flight:
-                    pending.popleft().result()
+                    settle()
             while pending:
-                pending.popleft().result()
-            refused = self._pool.submit(batch.commit).result()
-            committed = True
+                settle()
         finally:
-            for done in pending:  # after a failure: never leave writes running behind it
+            for done, _ in pending:  # after a failure: never leave writes running behind it
                 done.exception()
-            if not committed:
-                self._pool.submit(batch.abort).result()
-        for i, reason in refused:
-            msg = origin[i]
+        for msg, reason in zip(refused, reasons, strict=True):
             out.dead.append(dead_letter_from_message(msg, stage=STAGE, reason=reason, error_type="DatabaseRefused"))
         return out
 

@@ -105,7 +105,8 @@ class EventWriter:
             try:
                 self._conn = psycopg.connect(
                     self.conninfo,
-                    autocommit=False,
+                    # a COPY on its own is one transaction: no BEGIN and COMMIT round trips
+                    autocommit=True,
                     application_name="otbus-event-store",
                     connect_timeout=10,
                     client_encoding="UTF8",  # the lines are UTF-8 bytes, sent as they are
@@ -130,7 +131,7 @@ class EventWriter:
         data = b"".join(lines)
         try:
             try:
-                with conn.transaction(), conn.cursor() as cur, cur.copy(_COPY) as cp:
+                with conn.cursor() as cur, cur.copy(_COPY) as cp:
                     cp.write(data)
                 return []
             except errors.UniqueViolation:
@@ -143,10 +144,6 @@ class EventWriter:
         except psycopg.Error as e:
             self.close()
             raise TransientError(f"database write failed: {e}") from e
-
-    def batch(self) -> BatchWrite:
-        """A batch written chunk by chunk into one transaction (see `BatchWrite`)."""
-        return BatchWrite(self)
 
     def _merge(
         self, conn: psycopg.Connection[tuple[object, ...]], lines: Sequence[bytes], data: bytes
@@ -183,62 +180,3 @@ class EventWriter:
                         raise
                     refused.append((i, f"PostgreSQL refused the event: {e.diag.message_primary or e}"))
         return refused
-
-
-class BatchWrite:
-    """The rows of one batch, copied chunk by chunk into one transaction: `add` each chunk (on
-    the writer's thread, in order), then `commit`, or `abort`. One commit, so one WAL flush,
-    per batch: with a commit per chunk of 1,000 rows PostgreSQL spent a tenth of its time
-    waiting for the flush (pg_stat_activity, WALSync).
-
-    When a chunk fails on a redelivered event or a row PostgreSQL refuses, the transaction is
-    rolled back and `commit` writes the whole batch the careful way (`EventWriter.write`: the
-    merge, then row by row); it returns the refused rows as (index among all the batch's
-    lines, why). A database that is away raises TransientError and leaves nothing written.
-    """
-
-    def __init__(self, writer: EventWriter) -> None:
-        self.writer = writer
-        self.lines: list[bytes] = []
-        self.failed = False  # a chunk failed on its rows: the batch goes the careful way
-
-    def add(self, lines: Sequence[bytes]) -> None:
-        self.lines += lines
-        if self.failed or not lines:
-            return
-        conn = self.writer._connection()
-        try:
-            with conn.cursor() as cur, cur.copy(_COPY) as cp:  # in the batch's open transaction
-                cp.write(b"".join(lines))
-        except psycopg.Error as e:
-            self._rollback(conn)
-            if _transient(e):
-                self.writer.close()
-                raise TransientError(f"database write failed: {e}") from e
-            self.failed = True
-            if not isinstance(e, errors.UniqueViolation):
-                log.warning("a chunk of %d refused (%s); the batch is written row by row", len(lines), e)
-
-    def commit(self) -> list[tuple[int, str]]:
-        if self.failed:
-            return self.writer.write(self.lines)
-        if not self.lines:
-            return []
-        conn = self.writer._connection()
-        try:
-            conn.commit()
-        except psycopg.Error as e:  # committed or not: the batch comes again, and is stored once
-            self.writer.close()
-            raise TransientError(f"database commit failed: {e}") from e
-        return []
-
-    def abort(self) -> None:
-        if self.writer._conn is not None:
-            self._rollback(self.writer._conn)
-
-    def _rollback(self, conn: psycopg.Connection[tuple[object, ...]]) -> None:
-        try:
-            conn.rollback()
-        except psycopg.Error as e:
-            log.info("rollback failed (%s); the connection is closed", e)
-            self.writer.close()

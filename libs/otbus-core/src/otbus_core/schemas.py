@@ -14,11 +14,45 @@ from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 from otbus_core.exceptions import ConfigError
 
-__all__ = ["AvroSchema", "SchemaCatalog", "catalog", "schemas_root", "strip_logical_types"]
+__all__ = [
+    "TAG_RECORD_LAYOUT",
+    "AvroSchema",
+    "SchemaCatalog",
+    "catalog",
+    "require_layout",
+    "schemas_root",
+    "strip_logical_types",
+]
 
 RAW_READING_BATCH = "raw_reading_batch"
 TAG_RECORD = "tag_record"
 DEAD_LETTER = "dead_letter"
+
+TAG_RECORD_LAYOUT: tuple[tuple[str, Any], ...] = (
+    ("event_id", "string"),
+    ("tenant", "string"),
+    ("path", "string"),
+    ("site", "string"),
+    ("area", "string"),
+    ("line", "string"),
+    ("equipment", "string"),
+    ("signal_type", "string"),
+    ("tag_name", "string"),
+    ("value", ["null", "boolean", "long", "double", "string"]),
+    ("data_type", "string"),
+    ("unit", ["null", "string"]),
+    ("quality", "string"),
+    ("quality_code", ["null", "long"]),
+    ("source_time", "long"),
+    ("ingest_time", "long"),
+    ("source_id", "string"),
+    ("protocol", "string"),
+    ("source_tag", "string"),
+    ("raw_event_id", "string"),
+)
+"""(name, type without logical types) of every field of the tag record, in order, as the code
+that writes or reads its bytes itself (the normalizer's and the event store's fast paths)
+expects it: a schema change must come here too, and `require_layout` says so at start-up."""
 
 
 def schemas_root() -> Path:
@@ -96,6 +130,14 @@ class SchemaCatalog:
     def fingerprints(self) -> dict[str, str]:
         """`<name>/v<N>` -> fingerprint hex, as pinned in schemas/avro/fingerprints.json."""
         return {f"{k}/v{s.version}": s.fingerprint.hex() for k in self.names() for s in self._by_key[k]}
+
+
+def require_layout(schema: AvroSchema, layout: tuple[tuple[str, Any], ...], user: str) -> None:
+    """ValueError unless `schema`'s fields are `layout`: (name, type without logical types)."""
+    fields = strip_logical_types(json.loads(schema.source))["fields"]
+    found = tuple((f["name"], f["type"]) for f in fields)
+    if found != layout:
+        raise ValueError(f"{schema.full_name} is not the layout {user} expects: {found}")
 
 
 def strip_logical_types(schema: Any) -> Any:

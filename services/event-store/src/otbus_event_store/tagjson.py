@@ -7,7 +7,7 @@ quality code. Each run is found by its length prefixes and its JSON made once pe
 run of bytes. The reading's own fields (ids, value, times) are read one by one. The result is
 byte for byte `msgspec.json.encode(codec.decode_any(value))`; tests hold it to that.
 
-Only the layout below, written without a schema registry (single-object encoding), is read
+Only the layout `TAG_RECORD_LAYOUT`, written without a schema registry (single-object encoding), is read
 here. Anything else (another schema, a registry id, a value not read here exactly as fastavro
 reads it: an unknown union branch, a boolean byte other than 0 or 1, ids that are not UUID
 text, bad UTF-8, trailing bytes) gives None and takes the general way, which also gives the
@@ -16,41 +16,17 @@ precise error.
 
 from __future__ import annotations
 
-import json
 import struct
 
 import msgspec
 
 from otbus_core.memo import BoundedDict
-from otbus_core.schemas import AvroSchema, strip_logical_types
+from otbus_core.schemas import TAG_RECORD_LAYOUT, AvroSchema, require_layout
 
 __all__ = ["TagJson"]
 
-# (name, type) of every field, in order (a schema change must come here too)
-_LAYOUT = (
-    ("event_id", "string"),
-    ("tenant", "string"),
-    ("path", "string"),
-    ("site", "string"),
-    ("area", "string"),
-    ("line", "string"),
-    ("equipment", "string"),
-    ("signal_type", "string"),
-    ("tag_name", "string"),
-    ("value", ["null", "boolean", "long", "double", "string"]),
-    ("data_type", "string"),
-    ("unit", ["null", "string"]),
-    ("quality", "string"),
-    ("quality_code", ["null", "long"]),
-    ("source_time", "long"),
-    ("ingest_time", "long"),
-    ("source_id", "string"),
-    ("protocol", "string"),
-    ("source_tag", "string"),
-    ("raw_event_id", "string"),
-)
-_PARTS = [name for name, _ in _LAYOUT[1:9]]
-_SOURCE = [name for name, _ in _LAYOUT[16:19]]
+_PARTS = [name for name, _ in TAG_RECORD_LAYOUT[1:9]]
+_SOURCE = [name for name, _ in TAG_RECORD_LAYOUT[16:19]]
 _encode = msgspec.json.Encoder().encode
 _unpack_double = struct.Struct("<d").unpack_from
 _UUID_CHARS = b"0123456789abcdefABCDEF-"  # UUID text: JSON as it is
@@ -61,10 +37,7 @@ class TagJson:
     """`json(value)`: the JSON of a tag record's Avro value, or None when it is not plain."""
 
     def __init__(self, schema: AvroSchema, prefix: bytes, max_cached: int = 200_000) -> None:
-        fields = strip_logical_types(json.loads(schema.source))["fields"]
-        layout = tuple((f["name"], f["type"]) for f in fields)
-        if layout != _LAYOUT:
-            raise ValueError(f"{schema.full_name} is not the layout the event store reads itself: {layout}")
+        require_layout(schema, TAG_RECORD_LAYOUT, "the event store's tag-record reader")
         self.prefix = prefix
         self._start = len(prefix)
         # run bytes -> ,"k":"v"...: a tag's path parts, and its source

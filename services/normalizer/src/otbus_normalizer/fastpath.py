@@ -15,44 +15,21 @@ readings of one tag keep their order. The records are byte for byte what encodin
 
 from __future__ import annotations
 
-import json
 import struct
-import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from otbus_core.codec import avro_long, avro_string, union_branches, wide_longs
+from otbus_core.envelope import micros_to_rfc3339
+from otbus_core.memo import BoundedDict
 from otbus_core.raw import NONE
 from otbus_core.records import OutRecord
-from otbus_core.schemas import AvroSchema, strip_logical_types
+from otbus_core.schemas import TAG_RECORD_LAYOUT, AvroSchema, require_layout
 from otbus_normalizer.mapping import _MAX_TIME, _MIN_TIME, _PATH_CACHE, _TYPES, RawColumns, TagMapper
 from otbus_normalizer.quality import map_quality
 
 __all__ = ["FastTags"]
 
-# tag_record's fields, in order, as this module writes them (a schema change must come here too)
-_LAYOUT = (
-    ("event_id", "string"),
-    ("tenant", "string"),
-    ("path", "string"),
-    ("site", "string"),
-    ("area", "string"),
-    ("line", "string"),
-    ("equipment", "string"),
-    ("signal_type", "string"),
-    ("tag_name", "string"),
-    ("value", ["null", "boolean", "long", "double", "string"]),
-    ("data_type", "string"),
-    ("unit", ["null", "string"]),
-    ("quality", "string"),
-    ("quality_code", ["null", "long"]),
-    ("source_time", "long"),
-    ("ingest_time", "long"),
-    ("source_id", "string"),
-    ("protocol", "string"),
-    ("source_tag", "string"),
-    ("raw_event_id", "string"),
-)
 _UUID = avro_string("0" * 36)[:1]  # the length of a canonical UUID string
 _pack_double = struct.Struct("<d").pack
 
@@ -61,18 +38,16 @@ _pack_double = struct.Struct("<d").pack
 # equipment, signal_type, tag_name) and of its source (source_id, protocol, source_tag), and its
 # ce_subject header. A plain tuple of strings and bytes: the garbage collector stops tracking it.
 _Tag = tuple[str, bytes, bytes, tuple[str, str]]
+_Spec = tuple[Callable[[Any], bytes | None], bytes]  # a value's writer, the encoded data type
 
 
 class FastTags:
     """Writes the tag records of a batch's plain readings; hands the others to `slow`."""
 
     def __init__(self, mapper: TagMapper, schema: AvroSchema) -> None:
-        fields = strip_logical_types(json.loads(schema.source))["fields"]
-        layout = tuple((f["name"], f["type"]) for f in fields)
-        if layout != _LAYOUT:
-            raise ValueError(f"{schema.full_name} is not the layout the normalizer's fast path writes: {layout}")
+        require_layout(schema, TAG_RECORD_LAYOUT, "the normalizer's fast path")
         self._mapper = mapper
-        values = union_branches(["null", "boolean", "long", "double", "string"])  # as in _LAYOUT
+        values = union_branches(TAG_RECORD_LAYOUT[9][1])
         null = values[type(None)][0]
         self._null = null
         self._double = values[float][0]
@@ -80,16 +55,17 @@ class FastTags:
         self._true = values[bool][0] + b"\x01"
         self._false = values[bool][0] + b"\x00"
         self._string = values[str][0]
-        self._some_unit = union_branches(["null", "string"])[str][0]
-        self._some_code = union_branches(["null", "long"])[int][0]
+        self._some_unit = union_branches(TAG_RECORD_LAYOUT[11][1])[str][0]
+        self._some_code = union_branches(TAG_RECORD_LAYOUT[13][1])[int][0]
         # (tenant, source, protocol, context) -> tag -> its pieces; entries are counted over all
         self._tables: dict[tuple[str, ...], dict[str, _Tag]] = {}
         self._cached = 0
         # (declared data type, value class) -> (value writer, encoded data type), or None: slow
-        self._specs: dict[tuple[str, type], tuple[Callable[[Any], bytes | None], bytes] | None] = {}
+        # (declared types are free text: bounded)
+        self._specs: BoundedDict[tuple[str, type], _Spec | None] = BoundedDict(_PATH_CACHE)
         # protocol -> (quality text, quality code or NONE) -> encoded quality and code
-        self._qualities: dict[str, dict[tuple[str, int], bytes]] = {}
-        self._units: dict[str, bytes] = {"": null}
+        self._qualities: BoundedDict[str, BoundedDict[tuple[str, int], bytes]] = BoundedDict(_QUALITIES)
+        self._units: BoundedDict[str, bytes] = BoundedDict(_QUALITIES)
 
     def write(
         self,
@@ -109,9 +85,7 @@ class FastTags:
         specs = self._specs
         qualities = self._qualities.get(protocol)
         if qualities is None:
-            if len(self._qualities) >= _QUALITIES:
-                self._qualities.clear()
-            qualities = self._qualities[protocol] = {}
+            qualities = self._qualities.put(protocol, BoundedDict(_QUALITIES))
         units = self._units
         tags, values, data_types, quals, codes, times = (
             cols.tags,
@@ -128,7 +102,6 @@ class FastTags:
         wide = wide_longs(whens)  # their encodings at once, when all are 8 bytes (1978-3111)
         null = self._null
         append = outputs.append
-        last_sec, head = None, ""
         for i in range(len(tags)):
             if attrs and attrs[i]:
                 slow(i)  # attributes may name a unit or signal type
@@ -166,16 +139,13 @@ class FastTags:
             if quality is None:
                 quality = self._quality(qualities, protocol, qkey)
             unit = (units.get(unit_col[i]) or self._unit(unit_col[i])) if unit_col else null
-            sec, frac = divmod(when, 1_000_000)
-            if sec != last_sec:  # a batch's readings mostly share their second
-                last_sec, head = sec, time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(sec))
             path, parts, source, subject = t
             tag_id, raw_id = tag_ids[i], ids[i]
             pieces = (prefix, _UUID, tag_id, parts, encoded, data_type, unit, quality, encoded_when, ingest, source)
             headers: list[tuple[str, str | bytes]] = [
                 *same,
                 ("ce_id", tag_id),
-                ("ce_time", f"{head}{frac:06d}Z"),
+                ("ce_time", micros_to_rfc3339(when)),
                 subject,
                 ("ce_causationid", raw_id),
             ]
@@ -211,7 +181,7 @@ class FastTags:
         self._tables.clear()
         self._cached = 0
 
-    def _spec(self, declared: str, cls: type) -> tuple[Callable[[Any], bytes | None], bytes] | None:
+    def _spec(self, declared: str, cls: type) -> _Spec | None:
         """How a value of class `cls` declared `declared` is written, when it is written as it
         is (as `coerce_value` leaves it); None when it is converted or refused: the slow path."""
         want = _TYPES.get(declared.strip().lower()) if declared else None
@@ -230,29 +200,19 @@ class FastTags:
                 str: self._write_string,
             }
             writer = writers.get(cls)
-        spec = None if writer is None else (writer, avro_string(data_type))
-        if len(self._specs) >= _PATH_CACHE:  # declared types are free text: bounded
-            self._specs.clear()
-        self._specs[(declared, cls)] = spec
-        return spec
+        return self._specs.put((declared, cls), None if writer is None else (writer, avro_string(data_type)))
 
-    def _quality(self, qualities: dict[tuple[str, int], bytes], protocol: str, key: tuple[str, int]) -> bytes:
+    def _quality(self, qualities: BoundedDict[tuple[str, int], bytes], protocol: str, key: tuple[str, int]) -> bytes:
         text, code = key
         quality = map_quality(protocol, text or None, None if code == NONE else code)
-        encoded = avro_string(quality) + (self._null if code == NONE else self._some_code + avro_long(code))
-        if len(qualities) >= _QUALITIES:
-            qualities.clear()
-        qualities[key] = encoded
-        return encoded
+        return qualities.put(
+            key, avro_string(quality) + (self._null if code == NONE else self._some_code + avro_long(code))
+        )
 
     def _unit(self, unit: str) -> bytes:
-        encoded = self._some_unit + avro_string(unit)
-        if len(unit) <= 128:
-            if len(self._units) >= _QUALITIES:
-                self._units.clear()
-                self._units[""] = self._null
-            self._units[unit] = encoded
-        return encoded
+        """The encoding of a reading's unit: null for none (""), remembered when short."""
+        encoded = self._some_unit + avro_string(unit) if unit else self._null
+        return self._units.put(unit, encoded) if len(unit) <= 128 else encoded
 
     def _write_null(self, value: None) -> bytes:
         return self._null
